@@ -1,0 +1,3 @@
+"""medfraud: finding fraud in medical-insurance claims."""
+
+__version__ = "0.1.0"
