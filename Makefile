@@ -1,11 +1,14 @@
-PY ?= .venv/bin/python
+PY := .venv/bin/python
 
 .PHONY: setup test quickstart bench
 setup:
 	./scripts/setup.sh
 
-test:
+test: setup
 	$(PY) -m pytest -q
 
-bench:
+quickstart: setup
+	./scripts/quickstart.sh
+
+bench: setup
 	$(PY) -m pytest -q tests/benchmarks -p no:cacheprovider -o addopts="" -s
