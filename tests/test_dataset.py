@@ -79,3 +79,17 @@ def test_manifest_is_json_with_contract_fields(tmp_path):
                 "row_counts", "table_digests", "content_digest"):
         assert key in manifest
     assert validate(out).ok
+
+
+def test_in_memory_dataset_reads_like_a_folder(tmp_path):
+    from medfraud.dataset import InMemoryDataset
+
+    tables = valid_tables()
+    mem = InMemoryDataset({"claims": tables["claims"], "patients": tables["patients"].lazy()})
+    folder = Dataset(write_dataset(tmp_path / "ds", tables))
+    assert mem.read("claims").equals(folder.read("claims"))
+    assert mem.has("patients") and not mem.has("drugs")
+    with pytest.raises(FileNotFoundError, match="drugs"):
+        mem.scan("drugs")
+    with pytest.raises(KeyError, match="claimz"):
+        InMemoryDataset({"claimz": tables["claims"]})

@@ -190,3 +190,45 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"Dataset({str(self.path)!r}, digest={self.digest[:12]})"
+
+
+class InMemoryDataset:
+    """The :class:`Dataset` reading interface over in-memory tables.
+
+    Lets features and rules run on a batch of incoming claims plus a context snapshot
+    (export and scoring) without writing a folder.  Tables not given are absent.
+
+    Parameters
+    ----------
+    tables : table name -> DataFrame or LazyFrame, already in contract dtypes.
+    manifest : optional manifest dict (defaults to an empty one with digest "in-memory").
+    """
+
+    def __init__(self, tables: Mapping[str, pl.DataFrame | pl.LazyFrame],
+                 manifest: Mapping[str, Any] | None = None):
+        unknown = sorted(set(tables) - set(TABLES))
+        if unknown:
+            raise KeyError(f"unknown table(s) {unknown}; contract tables: {sorted(TABLES)}")
+        self._tables = {k: v.lazy() for k, v in tables.items()}
+        self.path = None
+        self.manifest: dict[str, Any] = dict(manifest or {"content_digest": "in-memory"})
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.get("content_digest", "in-memory")
+
+    def has(self, table: str) -> bool:
+        return table in self._tables
+
+    def scan(self, table: str) -> pl.LazyFrame:
+        if table not in TABLES:
+            raise KeyError(f"unknown table {table!r}; contract tables: {sorted(TABLES)}")
+        if table not in self._tables:
+            raise FileNotFoundError(f"in-memory dataset: table {table!r} is absent")
+        return self._tables[table]
+
+    def read(self, table: str) -> pl.DataFrame:
+        return self.scan(table).collect()
+
+    def labels_available(self) -> bool:
+        return all(self.has(t) for t in LABEL_TABLES)
