@@ -1,0 +1,118 @@
+"""What a rule kind sees: the contract tables cut at the window end, plus shared joins.
+
+History before the window start stays visible (a refill is judged against the previous
+fill, a readmission against the previous stay) but nothing after the window end is, so
+a rule never uses the future of the claims it judges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+
+import polars as pl
+
+# Column holding each table's event date, used to cut history at the window end.
+_EVENT_DATE = {
+    "claims": pl.col("service_date"),
+    "prescriptions": pl.col("issued_at").dt.date(),
+    "pharmacy_purchases": pl.col("purchase_date"),
+    "duty_roster": pl.col("date"),
+}
+
+CLAIM_CONTEXT = ["claim_id", "patient_id", "doctor_id", "facility_id", "pharmacy_id", "setting",
+                 "service_date", "diagnosis_code"]
+# Claim columns any kind reads; the engine materialises them once for all rules.
+CLAIM_COLUMNS = CLAIM_CONTEXT + ["admit_date", "discharge_date", "drg_group", "drg_weight",
+                                 "total_amount", "region", "cross_region", "settled_at"]
+
+
+@dataclass(frozen=True)
+class RuleInputs:
+    """Lazy contract tables for rule evaluation.
+
+    Parameters
+    ----------
+    tables : table name -> LazyFrame in the contract's schema.
+    start, end : the evaluation window (inclusive service dates), or None for unbounded.
+    """
+
+    tables: Mapping[str, pl.LazyFrame]
+    start: date | None = None
+    end: date | None = None
+    # Shared intermediate frames (claims, drug lines with claim and drug context), computed
+    # once and reused by every rule: each would otherwise repeat the same scans and joins.
+    _shared: dict[str, pl.DataFrame] = field(default_factory=dict, compare=False, repr=False)
+
+    def _memo(self, key: str, build) -> pl.LazyFrame:
+        if key not in self._shared:
+            self._shared[key] = build().collect()
+        return self._shared[key].lazy()
+
+    def table(self, name: str) -> pl.LazyFrame:
+        """``name`` with rows dated after the window end removed."""
+        if name not in self.tables:
+            raise KeyError(f"rule inputs lack table {name!r}; given: {sorted(self.tables)}")
+        frame = self.tables[name]
+        if self.end is not None and name in _EVENT_DATE:
+            frame = frame.filter(_EVENT_DATE[name] <= self.end)
+        # claim_lines carry no date: they follow their claim.
+        if self.end is not None and name == "claim_lines":
+            frame = frame.join(self.table("claims").select("claim_id"), on="claim_id", how="semi")
+        return frame
+
+    def claims(self, columns: list[str] | None = None) -> pl.LazyFrame:
+        """Claims up to the window end with ``columns`` (default ``CLAIM_CONTEXT``)."""
+        columns = columns or CLAIM_CONTEXT
+        if all(c in CLAIM_COLUMNS for c in columns):
+            return self._memo("claims", lambda: self.table("claims").select(CLAIM_COLUMNS)
+                              ).select(columns)
+        return self.table("claims").select(columns)
+
+    def lines(self, item_types: list[str] | None = None) -> pl.LazyFrame:
+        """Claim lines joined with their claim's context (``CLAIM_CONTEXT``).
+
+        Not materialised: rules read different item types, and a frame of every line with
+        its context would be the largest object of an evaluation.
+        """
+        lines = self.tables["claim_lines"]
+        if item_types is not None:
+            lines = lines.filter(pl.col("item_type").is_in(item_types))
+        return lines.join(self.claims(), on="claim_id", how="inner")
+
+    def drug_lines(self) -> pl.LazyFrame:
+        """Drug lines with claim context and the drug catalogue's columns.
+
+        Lines whose item_code is not in ``drugs`` are dropped here (the contract has no
+        foreign key from item_code); they cannot break a drug restriction they lack.
+        """
+        drugs = self.table("drugs").select(
+            pl.col("drug_code").alias("item_code"), "category", pl.col("unit_price").alias(
+                "list_price"), "max_daily_units", "sex_restriction", "min_age", "max_age",
+            "restricted_level")
+        return self._memo("drug_lines", lambda: self.lines(["drug"]).join(
+            drugs, on="item_code", how="inner"))
+
+
+def age_at(birth: pl.Expr, on: pl.Expr) -> pl.Expr:
+    """Age in whole years (Int32) on date ``on`` of a person born on ``birth``."""
+    years = on.dt.year().cast(pl.Int32) - birth.dt.year().cast(pl.Int32)
+    before_birthday = (on.dt.month().cast(pl.Int32) * 100 + on.dt.day().cast(pl.Int32)) < (
+        birth.dt.month().cast(pl.Int32) * 100 + birth.dt.day().cast(pl.Int32))
+    return years - before_birthday.cast(pl.Int32)
+
+
+def per_claim(hits: pl.LazyFrame, amount: pl.Expr) -> pl.LazyFrame:
+    """Collapse line- or pair-level hits to one row per claim: the claim-kind output."""
+    return hits.group_by("claim_id").agg(
+        pl.col("service_date").first(),
+        amount.sum().cast(pl.Float64).alias("amount_at_stake"),
+    )
+
+
+def mapping_frame(mapping: Mapping[str, list[str]], key: str, value: str) -> pl.LazyFrame:
+    """A two-column frame (key, value) from ``{key: [values]}``, one row per value."""
+    keys = [k for k, values in mapping.items() for _ in values]
+    values = [v for vs in mapping.values() for v in vs]
+    return pl.LazyFrame({key: keys, value: values}, schema={key: pl.String, value: pl.String})

@@ -1,0 +1,79 @@
+"""Benchmark: the audit-rule engine (alone, and together with build_features) on N claims.
+
+Run::
+
+    .venv/bin/python tests/benchmarks/bench_rules.py --claims 5000000 10000000
+
+Synthetic data comes from :mod:`_synth` (contract-valid, realistic cardinalities); each case
+runs in a fresh interpreter limited to ``--threads`` cores and is measured with
+:func:`_measure.measure` (wall seconds, peak RSS).  Results are merged into
+tests/benchmarks/results/rules.json and rules.md with ``bench_features.record``.
+Targets: features + rules on 10M claims in <= 30 s, peak RSS <= 4 GiB, and doubling the
+claims costs <= 2.2x the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from _measure import measure_in_subprocess  # noqa: E402
+
+
+def run_rules(path: str) -> None:
+    """The measured call: every enabled rule of the default catalogue over the whole dataset."""
+    from medfraud.dataset import Dataset
+    from medfraud.rules import evaluate_rules
+
+    hits = evaluate_rules(Dataset(path))
+    assert hits.height >= 0
+
+
+def run_features_and_rules(path: str) -> None:
+    """Features at every level, then the rules: what an experiment computes per window."""
+    from medfraud.dataset import Dataset
+    from medfraud.features import build_features
+    from medfraud.rules import evaluate_rules
+
+    dataset = Dataset(path)
+    features = build_features(dataset)
+    features.rule_hits = evaluate_rules(dataset)
+
+
+CASES = {"rules": ("bench_rules", "run_rules"),
+         "features_and_rules": ("bench_rules", "run_features_and_rules")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--claims", type=int, nargs="+", default=[5_000_000, 10_000_000])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", default="/tmp/medfraud_bench", help="cache of synthetic data")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    args = parser.parse_args(argv)
+
+    from _synth import synthesize
+    from bench_features import record
+
+    entries = []
+    for n in args.claims:
+        path = synthesize(Path(args.data) / f"claims_{n}", n)
+        for case in args.cases:
+            module, function = CASES[case]
+            result = measure_in_subprocess(module, function, str(path), threads=args.threads)
+            entry = {"case": case, "claims": n, **result, "python": platform.python_version(),
+                     "measured_at": datetime.now(timezone.utc).isoformat()}
+            print(json.dumps(entry), flush=True)
+            entries.append(entry)
+    record("rules", entries)
+
+
+if __name__ == "__main__":
+    main()
