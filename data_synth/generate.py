@@ -1,0 +1,140 @@
+"""Orchestration: world → shards (honest behaviour + typologies) → contract tables on disk.
+
+Shards are blocks of patients; each is simulated, converted and streamed into
+:class:`medfraud.dataset.DatasetWriter` (one Parquet part per table per shard), so peak
+memory depends on ``shard_claims``, not on the dataset size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from medfraud.dataset import DatasetWriter
+from data_synth.config import SynthConfig, config_summary
+from data_synth.finalize import claim_audits, entity_audits, opening_stock, shard_tables
+from data_synth.normal import generate_normal, make_shard
+from data_synth.shard import STREAM_TYPOLOGY_BASE
+from data_synth.typologies import MODULES
+from data_synth.typologies.inventory_mismatch import opening_exclusions
+from data_synth.world import (
+    build_world, doctors_frame, drugs_frame, duty_roster_frame, facilities_frame, pharmacies_frame,
+    refresh_duty,
+)
+
+GENERATOR_VERSION = "1.0"
+STREAM_PLAN, STREAM_OPENING, STREAM_ENTITY_AUDIT = 50, 51, 52
+
+
+def shard_layout(config: SynthConfig) -> list[tuple[int, int]]:
+    """(first patient, patient count) of each shard, sized to about ``shard_claims`` claims."""
+    per_patient = config.expected_claims() / config.populations.patients
+    size = max(1, math.ceil(config.shard_claims / per_patient))
+    n = config.populations.patients
+    return [(start, min(size, n - start)) for start in range(0, n, size)]
+
+
+def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> Path:
+    """Generate a dataset for ``config`` into ``out`` atomically and return ``out``.
+
+    Parameters
+    ----------
+    config : validated scenario (see :func:`data_synth.load_config`).
+    out : destination folder; must be absent or empty unless ``overwrite``.
+    overwrite : replace an existing dataset.
+    progress : called as ``progress(done_shards, total_shards)`` after each shard.
+
+    Raises
+    ------
+    FileExistsError if ``out`` is non-empty and ``overwrite`` is False.
+    """
+    world = build_world(config)
+    for k, (name, module) in enumerate(MODULES.items()):
+        module.plan(world, config.typologies[name], np.random.default_rng([config.seed, STREAM_PLAN, k]))
+    refresh_duty(world)
+    layout = shard_layout(config)
+    total_steps = len(layout) + 1
+    doctor_spend = np.zeros(world.n_doctors)
+    pharmacy_spend = np.zeros(world.n_pharmacies)
+    with DatasetWriter(out, overwrite=overwrite) as writer:
+        writer.write("facilities", facilities_frame(world))
+        writer.write("doctors", doctors_frame(world))
+        writer.write("pharmacies", pharmacies_frame(world))
+        writer.write("drugs", drugs_frame(world))
+        writer.write("duty_roster", duty_roster_frame(world))
+        writer.write("pharmacy_purchases",
+                     opening_stock(world, np.random.default_rng([config.seed, STREAM_OPENING]),
+                                   opening_exclusions(world)))
+        if progress:
+            progress(1, total_steps)
+        for index, (first, count) in enumerate(layout):          # loop over shards
+            shard = make_shard(world, index, first, count)
+            generate_normal(shard)
+            for k, (name, module) in enumerate(MODULES.items()):  # loop over typologies
+                module.inject(shard, config.typologies[name], shard.rng(STREAM_TYPOLOGY_BASE + k))
+            tables = shard_tables(shard)
+            internal = tables.pop("_claims_internal")
+            labels = tables.pop("_labels_internal")
+            for table, frame in tables.items():
+                writer.write(table, frame)
+            writer.write("audited", pl.concat([claim_audits(shard, internal, labels),
+                                               _patient_audits(shard, internal, tables)]))
+            doctor_spend += np.bincount(internal["doc"].to_numpy(), internal["total"].to_numpy(),
+                                        minlength=world.n_doctors)
+            ph = internal.filter(pl.col("ph") >= 0)
+            pharmacy_spend += np.bincount(ph["ph"].to_numpy(), ph["total"].to_numpy(),
+                                          minlength=world.n_pharmacies)
+            del shard, tables, internal, labels
+            if progress:
+                progress(index + 2, total_steps)
+        world_labels = [f for name, module in MODULES.items()
+                        if (f := module.world_entities(world, config.typologies[name])) is not None]
+        world_frame = (pl.concat([f.cast({"ring_id": pl.String}) for f in world_labels]) if world_labels
+                       else pl.DataFrame(schema={"entity_type": pl.String, "entity_id": pl.String,
+                                                 "typology": pl.String, "ring_id": pl.String}))
+        world_frame = world_frame.unique(subset=["entity_type", "entity_id", "typology"], keep="first") \
+            .sort(["entity_type", "entity_id", "typology"])
+        writer.write("labels_entities", world_frame)
+        writer.write("audited", _world_audits(world, world_frame, doctor_spend, pharmacy_spend))
+        return writer.finish(seed=config.seed, config=config_summary(config),
+                             generator_version=GENERATOR_VERSION, extra={"shards": len(layout)})
+
+
+def _camouflage_of(world, typology: pl.Series) -> np.ndarray:
+    camo = {n: t.camouflage for n, t in world.config.typologies.items()}
+    return 1 - typology.replace_strict(camo, default=0.0, return_dtype=pl.Float64).to_numpy()
+
+
+def _patient_audits(shard, internal: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    from data_synth.finalize import patient_ids
+
+    spend = internal.group_by("pat").agg(pl.col("total").sum()).select(
+        patient_ids(pl.col("pat")).alias("entity_id"), "total")
+    ents = tables["labels_entities"].filter(pl.col("entity_type") == "patient").group_by("entity_id").agg(
+        pl.col("typology").sort().first())
+    frame = (tables["patients"].select(pl.col("patient_id").alias("entity_id"))
+             .join(spend, on="entity_id", how="left").join(ents, on="entity_id", how="left")
+             .sort("entity_id"))
+    rng = shard.rng(STREAM_ENTITY_AUDIT)
+    return entity_audits(rng, shard.world, "patient", frame["entity_id"],
+                         frame["total"].fill_null(0.0).to_numpy(), frame["typology"],
+                         _camouflage_of(shard.world, frame["typology"]))
+
+
+def _world_audits(world, labels: pl.DataFrame, doctor_spend: np.ndarray,
+                  pharmacy_spend: np.ndarray) -> pl.DataFrame:
+    rng = np.random.default_rng([world.config.seed, STREAM_ENTITY_AUDIT])
+    out = []
+    for entity_type, ids, spend in (("doctor", world.doctor_ids, doctor_spend),
+                                    ("pharmacy", world.pharmacy_ids, pharmacy_spend)):
+        typ = labels.filter(pl.col("entity_type") == entity_type).group_by("entity_id").agg(
+            pl.col("typology").sort().first())
+        frame = pl.DataFrame({"entity_id": ids}).join(typ, on="entity_id", how="left", maintain_order="left")
+        out.append(entity_audits(rng, world, entity_type, frame["entity_id"], spend, frame["typology"],
+                                 _camouflage_of(world, frame["typology"])))
+    return pl.concat(out)

@@ -1,0 +1,26 @@
+"""Fraud typologies: one module per typology of ``medfraud.schema.TYPOLOGIES``.
+
+Every module exposes the same three functions and a ``DEFAULT_PARAMS`` dict:
+
+``plan(world, cfg, rng)``
+    choose world-level fraudulent entities (doctors, pharmacies, facilities, rings) once
+    per dataset and store them in ``world.extra[NAME]``; may edit the duty roster.
+``inject(shard, cfg, rng)``
+    add or alter claims of one shard and label them (``shard.label`` /
+    ``shard.label_entities``), aiming at ``cfg.prevalence × honest claims`` labelled claims.
+``world_entities(world, cfg)``
+    entity labels for world-level entities that committed fraud (a polars frame or None).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from types import ModuleType
+
+from medfraud.schema import TYPOLOGIES
+
+MODULES: dict[str, ModuleType] = {name: import_module(f"data_synth.typologies.{name}")
+                                  for name in TYPOLOGIES}
+DEFAULT_PARAMS: dict[str, dict] = {name: dict(module.DEFAULT_PARAMS) for name, module in MODULES.items()}
+
+__all__ = ["MODULES", "DEFAULT_PARAMS"]
