@@ -1,0 +1,115 @@
+"""Features: claim, entity, peer-group and graph-derived features as polars frames.
+
+:func:`build_features` is the one entry point; it reads only the data tables of the
+contract (never the label tables) and returns a :class:`FeatureSet`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+import polars as pl
+
+from medfraud.dataset import Dataset
+from medfraud.features._common import FeatureParams, Tables, check_window
+from medfraud.features.claims import CLAIM_FEATURES, CONTEXT_COLUMNS, claim_features
+from medfraud.features.entities import ENTITY_FEATURES, ENTITY_LEVELS, entity_features
+from medfraud.features.frameset import FeatureSet
+from medfraud.features.graph_tabular import GRAPH_FEATURES, graph_features
+from medfraud.features.peers import PEER_FEATURES, peer_deviation
+from medfraud.schema import LEVEL_ID, LEVELS
+
+__all__ = ["FeatureParams", "FeatureSet", "build_features", "feature_columns"]
+
+
+def feature_columns(level: str) -> list[str]:
+    """Names of the feature columns :func:`build_features` produces at ``level``."""
+    if level == "claim":
+        return list(CLAIM_FEATURES)
+    return (ENTITY_FEATURES[level] + GRAPH_FEATURES[level] + PEER_FEATURES.get(level, []))
+
+
+def _entity_stage(claims: pl.LazyFrame, tables: Tables, window, levels, params):
+    """Entity + graph frames (lazy) for ``levels`` from a lazy claim frame."""
+    entity = entity_features(claims, tables, window, levels)
+    graph = graph_features(claims, params, levels)
+    return {lvl: entity[lvl].join(graph[lvl], on=LEVEL_ID[lvl], how="left") for lvl in levels}
+
+
+def _collect(frames: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
+    names = list(frames)
+    return dict(zip(names, pl.collect_all([frames[n] for n in names])))
+
+
+def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
+                   levels: Sequence[str] = LEVELS,
+                   reference_window: tuple[date, date] | None = None,
+                   params: FeatureParams | None = None) -> FeatureSet:
+    """Compute features of the claims whose service_date lies in ``window``.
+
+    Parameters
+    ----------
+    dataset : a dataset that passed ``medfraud.schema.validate``; label tables are never read.
+    window : (first, last) service date, inclusive; None = every claim.
+    levels : levels to return, any of ``medfraud.schema.LEVELS``.
+    reference_window : window whose claims fit the peer-group statistics (medians, robust
+        scales); default ``window``.  Pass the training window when featurising a test
+        window so no test-period information reaches the statistics.
+    params : thresholds, :class:`FeatureParams` defaults when None.
+
+    Returns
+    -------
+    FeatureSet with one frame per requested level: the id column, the numeric feature
+    columns listed in ``columns[level]`` (Float64 or integer, never null) and, for claims,
+    the context columns patient_id, doctor_id, facility_id, pharmacy_id, service_date,
+    setting, total_amount, fund_paid.  Entity frames hold every entity with at least one
+    claim in ``window``; rows are sorted by id.
+    """
+    levels = tuple(levels)
+    unknown = [lvl for lvl in levels if lvl not in LEVELS]
+    if unknown or not levels:
+        raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {list(levels)}")
+    check_window(window)
+    check_window(reference_window, "reference_window")
+    params = params or FeatureParams()
+    reference_window = window if reference_window is None else reference_window
+    tables = Tables(dataset)
+
+    # The claim frame feeds every level: materialise it once instead of recomputing per level.
+    claims = claim_features(tables, window, reference_window, params).collect()
+    if claims.height == 0:
+        raise ValueError(f"{dataset.path}: no claims with service_date in window {window}")
+    entity_levels = tuple(lvl for lvl in ENTITY_LEVELS if lvl in levels)
+    collected: dict[str, pl.DataFrame] = {}
+    if entity_levels:
+        # Entity and graph aggregates are collected before the peer step: peer statistics
+        # join each frame with itself many times, which is cheap on materialised frames.
+        collected = _collect(_entity_stage(claims.lazy(), tables, window, entity_levels, params))
+        peer_levels = tuple(lvl for lvl in entity_levels if lvl != "patient")
+        if peer_levels:
+            if reference_window == window:
+                reference = collected
+            else:
+                ref_claims = claim_features(tables, reference_window, reference_window,
+                                            params).collect()
+                reference = _collect(_entity_stage(ref_claims.lazy(), tables, reference_window,
+                                                   peer_levels, params))
+            collected = _collect(peer_deviation(
+                {lvl: f.lazy() for lvl, f in collected.items()},
+                {lvl: f.lazy() for lvl, f in reference.items()}, tables))
+
+    out: dict[str, pl.DataFrame] = {}
+    columns: dict[str, list[str]] = {}
+    for level in levels:
+        id_col = LEVEL_ID[level]
+        cols = feature_columns(level)
+        if level == "claim":
+            frame = claims.select(id_col, *CONTEXT_COLUMNS, *cols)
+        else:
+            frame = collected[level].select(id_col, *cols)
+        out[level] = frame.sort(id_col)
+        columns[level] = cols
+    return FeatureSet(frames=out, columns=columns, window=window,
+                      meta={"reference_window": reference_window, "params": params,
+                            "dataset_digest": dataset.digest})

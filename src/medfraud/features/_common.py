@@ -1,0 +1,160 @@
+"""Shared pieces of the feature families: parameters, table access, robust statistics.
+
+Only the contract's data tables are reachable through :class:`Tables`; the label tables
+(``labels_claims``, ``labels_entities``, ``audited``) are deliberately absent so no
+feature can read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import polars as pl
+
+from medfraud.dataset import Dataset
+from medfraud.schema import LABEL_TABLES
+
+Window = tuple[date, date] | None
+
+# 1.4826 * MAD estimates the standard deviation of a normal sample; 1.2533 * mean absolute
+# deviation does the same and serves as fallback when more than half the group is identical.
+MAD_SCALE = 1.4826
+MEANAD_SCALE = 1.2533
+
+DATA_TABLES = ("patients", "facilities", "doctors", "pharmacies", "drugs", "claims",
+               "claim_lines", "prescriptions", "pharmacy_purchases", "duty_roster")
+# The tables the current feature families read (prescriptions duplicate the pharmacy claims'
+# doctor/pharmacy pairs and are not needed).
+USED_TABLES = tuple(t for t in DATA_TABLES if t != "prescriptions")
+assert not set(DATA_TABLES) & set(LABEL_TABLES)
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Thresholds of the feature definitions (policy defaults from DOMAIN.md).
+
+    Attributes
+    ----------
+    days_supply_limit_ordinary : days of supply allowed for an ordinary prescription (7).
+    days_supply_limit_chronic : days allowed for a chronic-disease patient (84 = 12 weeks).
+    days_supply_limit_emergency : days allowed when the doctor's department is an emergency
+        department (3).
+    emergency_departments : department names counted as emergency (lower-cased match).
+    readmission_days : a readmission for the same diagnosis within this many days counts (15).
+    gap_cap_days : value given to "days since previous event" when there is none (365).
+    high_value_quantile : drugs whose catalogue unit_price is above this quantile are
+        "high value" (0.9).
+    night_hours : settlement hours counted as night, [start, end) wrapping midnight (22, 6).
+    max_doctors_per_patient : patients seeing more doctors than this are left out of the
+        shared-patient pairs (hubs would add O(k^2) pairs and carry no ring signal).
+    """
+
+    days_supply_limit_ordinary: int = 7
+    days_supply_limit_chronic: int = 84
+    days_supply_limit_emergency: int = 3
+    emergency_departments: tuple[str, ...] = ("emergency", "急诊", "急诊科")
+    readmission_days: int = 15
+    gap_cap_days: int = 365
+    high_value_quantile: float = 0.9
+    night_hours: tuple[int, int] = (22, 6)
+    max_doctors_per_patient: int = 50
+
+
+class Tables:
+    """Lazy access to the data tables of a dataset; the label tables are not reachable."""
+
+    def __init__(self, dataset: Dataset):
+        self._dataset = dataset
+        missing = [t for t in USED_TABLES if not dataset.has(t)]
+        if missing:
+            raise FileNotFoundError(f"{dataset.path}: feature building needs table(s) {missing}, "
+                                    "which are absent")
+
+    def __getattr__(self, table: str) -> pl.LazyFrame:
+        if table not in DATA_TABLES:
+            raise AttributeError(f"{table!r} is not a data table features may read")
+        return self._dataset.scan(table)
+
+
+def in_window(column: str, window: Window) -> pl.Expr:
+    """True for rows whose ``column`` (Date) lies in ``window`` (inclusive); all rows if None."""
+    if window is None:
+        return pl.lit(True)
+    return pl.col(column).is_between(pl.lit(window[0]), pl.lit(window[1]), closed="both")
+
+
+def check_window(window: Window, name: str = "window") -> None:
+    """Raise a clear error for a malformed window."""
+    if window is None:
+        return
+    if len(window) != 2 or not all(isinstance(d, date) for d in window):
+        raise TypeError(f"{name} must be a (date, date) pair, got {window!r}")
+    if window[0] > window[1]:
+        raise ValueError(f"{name} starts after it ends: {window[0]} > {window[1]}")
+
+
+def robust_stats(frame: pl.LazyFrame, keys: list[str], value: str, prefix: str) -> pl.LazyFrame:
+    """Per-group median and robust scale of ``value`` (nulls ignored).
+
+    Returns
+    -------
+    LazyFrame with ``keys``, ``{prefix}_med`` and ``{prefix}_scale`` (Float64; scale is
+    1.4826·MAD, or 1.2533·mean absolute deviation when MAD is 0, or null when every value
+    is equal).  With ``keys`` empty, one row of global statistics.
+    """
+    x = pl.col(value)
+    med = x.median()
+    mad = (x - med).abs().median()
+    meanad = (x - med).abs().mean()
+    aggs = [
+        med.alias(f"{prefix}_med"),
+        pl.when(mad > 0).then(MAD_SCALE * mad)
+        .when(meanad > 0).then(MEANAD_SCALE * meanad)
+        .otherwise(None).alias(f"{prefix}_scale"),
+    ]
+    base = frame.filter(x.is_not_null())
+    if keys:
+        return base.group_by(keys).agg(aggs)
+    return base.select(aggs)
+
+
+def attach_peer_stats(frame: pl.LazyFrame, reference: pl.LazyFrame, keys: list[str], value: str,
+                      prefix: str) -> pl.LazyFrame:
+    """Add ``{prefix}_ratio`` (value / peer median) and ``{prefix}_z`` (robust z) to ``frame``.
+
+    Statistics are fitted on ``reference`` only.  A group unseen in ``reference`` falls back
+    to the reference's global statistics; a null ``value`` (feature not applicable) gets the
+    neutral ratio 1 and z 0, so the columns never hold nulls.
+    """
+    group = robust_stats(reference, keys, value, prefix)
+    overall = robust_stats(reference, [], value, "_g")
+    med, scale = f"{prefix}_med", f"{prefix}_scale"
+    x = pl.col(value)
+    return (
+        frame.join(group, on=keys, how="left", nulls_equal=True)
+        .join(overall, how="cross")
+        .with_columns(
+            pl.coalesce(med, "_g_med").alias(med),
+            pl.when(pl.col(med).is_null()).then(pl.col("_g_scale")).otherwise(pl.col(scale))
+            .alias(scale),
+        )
+        .with_columns(
+            pl.when(x.is_not_null() & (pl.col(med) > 0)).then(x / pl.col(med)).otherwise(1.0)
+            .alias(f"{prefix}_ratio"),
+            pl.when(x.is_not_null() & pl.col(scale).is_not_null())
+            .then((x - pl.col(med)) / pl.col(scale)).otherwise(0.0).alias(f"{prefix}_z"),
+        )
+        .drop(med, scale, "_g_med", "_g_scale")
+    )
+
+
+def days_between(later: str | pl.Expr, earlier: str | pl.Expr) -> pl.Expr:
+    """Whole days from ``earlier`` to ``later`` (Date columns), Int64."""
+    later = pl.col(later) if isinstance(later, str) else later
+    earlier = pl.col(earlier) if isinstance(earlier, str) else earlier
+    return (later - earlier).dt.total_days()
+
+
+def as_float(columns: list[str]) -> list[pl.Expr]:
+    return [pl.col(c).cast(pl.Float64) for c in columns]

@@ -1,0 +1,100 @@
+"""Claim-level features on the hand-built toy dataset (values worked out by hand)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _row(features, claim_id):
+    frame = features.frame("claim")
+    return frame.filter(frame["claim_id"] == claim_id).row(0, named=True)
+
+
+@pytest.mark.parametrize("claim_id, column, expected", [
+    # C1: 30 units of G1 (max 3/day) over 5 days -> 30 / 15 = 2
+    ("C1", "dose_ratio_max", 2.0),
+    # C2: G1 15/(3*10) = 0.5 and G2 1/(1*1) = 1 -> max 1
+    ("C2", "dose_ratio_max", 1.0),
+    # C2: 10 days for an ordinary patient (limit 7)
+    ("C2", "days_over_limit_max", 3),
+    # C4: emergency department (limit 3), 5 days of G2
+    ("C4", "days_over_limit_max", 2),
+    # P1 filled G1 on Jan 5 for 5 days, again on Jan 8 -> 2 days overlap
+    ("C2", "refill_overlap_days_max", 2),
+    # C9 (same day as C2's 10-day fill) -> 10 days overlap
+    ("C9", "refill_overlap_days_max", 10),
+    ("C4", "sex_restriction_hits", 1),          # G2 is for men, P2 is female
+    ("C4", "age_restriction_hits", 1),          # G3 needs age >= 18, P2 is 8
+    ("C2", "sex_restriction_hits", 0),          # G2 for a man is fine
+    ("C4", "days_after_death", 5),              # died Mar 10, claim Mar 15
+    ("C1", "days_after_death", 0),
+    ("C2", "card_claims_same_day", 3),          # C2, C3, C9 on Jan 8
+    ("C3", "card_regions_same_day", 2),         # regions A and B
+    ("C3", "card_facilities_same_day", 2),      # F1 and F2
+    ("C3", "doctor_on_duty", 0),                # D3 not on the roster
+    ("C2", "doctor_on_duty", 1),
+    ("C4", "doctor_roster_other_facility", 1),  # D2 on duty at F2, billed at F1
+    ("C5", "length_of_stay", 10),
+    ("C5", "care_lines_per_bed_day", 0.2),      # 2 treatment lines / 10 days
+    ("C6", "readmission_gap_days", 9),          # J18 discharged Feb 11, readmitted Feb 20
+    ("C6", "readmitted_within_limit", 1),
+    ("C8", "readmitted_within_limit", 0),       # other diagnosis
+    ("C8", "readmission_gap_days", 365),        # no previous stay: the cap
+    ("C6", "n_overlapping_stays", 1),           # Feb 20-25 overlaps Feb 24-28
+    ("C8", "n_overlapping_stays", 1),
+    ("C5", "n_overlapping_stays", 0),
+    ("C7", "during_inpatient_stay", 1),         # outpatient Feb 22 inside the Feb 20-25 stay
+    ("C6", "n_outpatient_during_stay", 1),
+    ("C1", "dup_lines_in_claim", 1),            # two identical G1 lines
+    ("C2", "dup_lines_across_claims", 1),       # G1 on Jan 8 in C2 and C9
+    ("C3", "dup_lines_across_claims", 0),
+    ("C5", "weekend", 1),                       # 2024-02-11 is a Sunday
+    ("C1", "night", 1),                         # settled at 23:00
+    ("C2", "high_value_drug_share", 0.4),       # G2 (100/unit) is 100 of 250 drug yuan
+    ("C6", "drg_weight_dx_ratio", 1.25),        # 2.5 vs median 2.0 of J18
+    ("C3", "cross_region", 1),
+])
+def test_known_claim_values(toy_features, claim_id, column, expected):
+    assert _row(toy_features, claim_id)[column] == pytest.approx(expected)
+
+
+def test_robust_z_of_drg_weight(toy_features):
+    # J18 weights 1.5 and 2.5: median 2, MAD 0.5 -> z = (2.5 - 2) / (1.4826 * 0.5)
+    assert _row(toy_features, "C6")["drg_weight_dx_z"] == pytest.approx(0.5 / (1.4826 * 0.5))
+
+
+def test_not_applicable_features_are_neutral(toy_features):
+    row = _row(toy_features, "C3")  # outpatient exam only: no drug, no DRG
+    assert row["n_drug_lines"] == 0
+    assert row["dose_ratio_max"] == 0
+    assert row["amount_drg_ratio"] == 1.0 and row["amount_drg_z"] == 0.0
+    assert row["drug_amount_ratio_max"] == 1.0 and row["drug_amount_z_max"] == 0.0
+
+
+def test_limits_are_parameters(toy_dataset):
+    from medfraud.features import FeatureParams, build_features
+
+    features = build_features(toy_dataset, levels=["claim"],
+                              params=FeatureParams(days_supply_limit_ordinary=3))
+    assert _row(features, "C2")["days_over_limit_max"] == 7  # 10 - 3
+
+
+def test_daily_bed_lines_are_not_duplicates():
+    from datetime import date
+
+    import polars as pl
+
+    from medfraud.features.claims import _line_features
+
+    lines = pl.LazyFrame({
+        "claim_id": ["C1"] * 5 + ["C2"],
+        "item_type": ["bed", "bed", "bed", "drug", "drug", "drug"],
+        "item_code": ["BED", "BED", "BED", "G1", "G1", "G1"],
+        "quantity": [1.0, 1.0, 1.0, 2.0, 2.0, 5.0],
+        "patient_id": ["P1"] * 6,
+        "service_date": [date(2024, 1, 1)] * 6,
+    })
+    out = _line_features(lines).collect().sort("claim_id")
+    assert out["dup_lines_in_claim"].to_list() == [1, 0]   # only the repeated G1 x2
+    assert out["dup_lines_across_claims"].to_list() == [2, 1]  # G1 billed in C1 and C2
+    assert out["n_lines"].to_list() == [5, 1]
