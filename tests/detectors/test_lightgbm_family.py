@@ -1,0 +1,112 @@
+import json
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import pytest
+from detector_testkit import auroc, build_planted
+
+from medfraud.detectors import SCORE_SCHEMA, NotFittedError, detector_from_state, make_detector
+from medfraud.detectors.lightgbm_family import LightGBMDetector
+
+LEVELS = ["claim", "patient", "doctor", "pharmacy", "facility"]
+# Small and single-threaded: the test machine's cores are shared.
+FAST = {"min_child_samples": 5, "n_estimators": 100, "early_stopping_rounds": 20, "num_threads": 1}
+
+
+def _fit(planted, level="claim", **params):
+    params = {**FAST, "seed": 11, **params}
+    return LightGBMDetector(level, **params).fit(planted.features, planted.labels)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_supervised_ranks_planted_rows_first(planted, level):
+    det = _fit(planted, level)
+    scores = det.score(planted.features)
+    assert scores.schema == pl.Schema(SCORE_SCHEMA)
+    assert scores["id"].to_list() == planted.features.ids(level).to_list()
+    assert auroc(scores, planted.planted[level]) > 0.9
+    assert ((scores["score"] >= 0) & (scores["score"] <= 1)).all()
+
+
+@pytest.mark.parametrize("level", ["claim", "patient", "doctor"])
+def test_pu_mode_learns_from_audited_rows_only(planted, level):
+    det = _fit(planted, level, mode="pu")
+    assert 0 < det.label_frequency_ <= 1
+    scores = det.score(planted.features)
+    assert auroc(scores, planted.planted[level]) > 0.9
+    # The PU score is g(x) / c, a rescaled classifier probability.
+    raw = det.booster_.predict(planted.features.matrix(level, det.columns_))
+    np.testing.assert_allclose(scores["score"].to_numpy(), raw / det.label_frequency_)
+
+
+def test_pu_mode_ignores_full_labels(planted):
+    from medfraud.labels import Labels
+
+    # Same audit table, no full labels: PU training must not change.
+    empty_claims = planted.labels.claims.clear()
+    blind = Labels(empty_claims, planted.labels.entities.clear(), planted.labels.audited)
+    a = LightGBMDetector("claim", mode="pu", **FAST).fit(planted.features, planted.labels)
+    b = LightGBMDetector("claim", mode="pu", **FAST).fit(planted.features, blind)
+    assert a.score(planted.features).equals(b.score(planted.features))
+
+
+def test_deterministic_with_same_seed(planted):
+    a = _fit(planted, "doctor", feature_fraction=0.7, bagging_fraction=0.8).score(planted.features)
+    b = _fit(planted, "doctor", feature_fraction=0.7, bagging_fraction=0.8).score(planted.features)
+    assert a.equals(b)
+
+
+def test_state_round_trip_is_lightgbm_text(planted):
+    det = _fit(planted, "claim", mode="pu")
+    state = json.loads(json.dumps(det.to_state()))
+    assert state["model"].startswith("tree")
+    assert lgb.Booster(model_str=state["model"]).num_trees() == det.best_iteration_
+    rebuilt = detector_from_state(state)
+    assert isinstance(rebuilt, LightGBMDetector)
+    assert rebuilt.score(planted.features).equals(det.score(planted.features))
+
+
+def test_feature_importance_and_reasons_point_at_planted_features(planted):
+    det = _fit(planted, "claim")
+    importance = det.feature_importance()
+    assert importance.columns == ["feature", "gain"] and importance.height == 6
+    assert set(importance["feature"][:1]) <= {"cl_f0", "cl_f1", "cl_f2"}
+    scores = det.score(planted.features).filter(pl.col("id").is_in(list(planted.planted["claim"])))
+    first = scores["reasons"].list.first()
+    assert first.is_in(["cl_f0", "cl_f1", "cl_f2"]).mean() > 0.9
+
+
+def test_typology_target(planted):
+    det = _fit(planted, "doctor", typology="collusion_ring")
+    assert auroc(det.score(planted.features), planted.planted["doctor"]) > 0.9
+    with pytest.raises(ValueError, match="positives"):
+        _fit(planted, "doctor", typology="ghost_bed")
+
+
+def test_errors(planted):
+    with pytest.raises(NotFittedError):
+        LightGBMDetector("claim").score(planted.features)
+    with pytest.raises(ValueError, match="needs labels"):
+        LightGBMDetector("claim").fit(planted.features)
+    with pytest.raises(ValueError, match="mode"):
+        make_detector("lightgbm", mode="semi")
+
+
+def test_scores_other_feature_sets():
+    train, other = build_planted(0), build_planted(2)
+    det = LightGBMDetector("patient", **FAST).fit(train.features, train.labels)
+    assert auroc(det.score(other.features), other.planted["patient"]) > 0.9
+
+
+def test_reasons_for_the_explained_top_share_only(planted):
+    part = _fit(planted, "claim", explain=0.05)
+    full = LightGBMDetector.from_state({**part.to_state(), "params": {**part.get_params(), "explain": 1.0}})
+    a, b = part.score(planted.features), full.score(planted.features)
+    assert a["score"].equals(b["score"])
+    top = np.argsort(-a["score"].to_numpy(), kind="stable")[:50]  # 5 % of 1000 rows
+    explained = np.zeros(a.height, dtype=bool)
+    explained[top] = True
+    assert a["reasons"].filter(pl.Series(~explained)).list.len().max() == 0
+    assert a["reasons"].filter(pl.Series(explained)).to_list() == b["reasons"].filter(pl.Series(explained)).to_list()
+    assert b["reasons"].list.len().sum() > a["reasons"].list.len().sum()
