@@ -15,6 +15,9 @@ Conventions
 * ``rec_at_k``: recall in the top K where K = number of positives (R-precision).
 * ``money_at_<b>``: fraudulent amount among flagged rows ÷ all fraudulent amount in scope
   (amounts from ``amounts``, columns ``id`` and ``amount``, e.g. fund_paid per claim).
+* Per typology ``t``, rows labelled with another typology only are left out: the question is
+  how well ``t`` is separated from honest rows, and flagging other fraud is not a false
+  alarm.  ``all`` keeps every row.  Budgets are then fractions of that reduced scope.
 """
 
 from __future__ import annotations
@@ -145,9 +148,18 @@ def evaluate_scores(scores: pl.DataFrame, level: str, labels: Labels, ids_in_sco
     ids = ranked["id"]
     out: dict[str, float] = {}
     chosen = list(typologies) if typologies is not None else default_typologies(level, labels)
+    id_series = ids.alias(LEVEL_ID[level])
+    any_fraud = labels.target(level, id_series, None, source="full").to_numpy().astype(bool)
     for typology in [ALL, *[t for t in chosen if t != ALL]]:
-        y = labels.target(level, ids.alias(LEVEL_ID[level]), None if typology == ALL else typology,
-                          source="full").to_numpy().astype(np.int8)
-        for name, value in _metrics_one(y, s, money, budgets).items():
+        if typology == ALL:
+            keep = np.ones(len(any_fraud), dtype=bool)
+            y = any_fraud.astype(np.int8)
+        else:
+            y = labels.target(level, id_series, typology, source="full").to_numpy().astype(np.int8)
+            # Rows of *other* typologies are neither positives nor honest negatives here.
+            keep = (y == 1) | ~any_fraud
+            y = y[keep]
+        metrics = _metrics_one(y, s[keep], None if money is None else money[keep], budgets)
+        for name, value in metrics.items():
             out[f"{level}.{typology}.{name}"] = value
     return out
