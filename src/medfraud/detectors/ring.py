@@ -1,0 +1,140 @@
+"""``ring``: collusion-ring candidates by dense-subgraph peeling (``medfraud.graph.ring``).
+
+Peels the doctor x patient (``treats``) and doctor x pharmacy (``prescribes_to``)
+bipartite graphs with FRAUDAR's camouflage-resistant column weighting and scores every
+doctor, patient and pharmacy by the density of the densest block it belongs to (0 outside
+every block).  Unsupervised and transductive: ``fit`` searches the fitting graph and keeps
+``candidates_``; ``score`` searches the graph it is given (reusing the fitted result when
+it is the same graph), so scores depend only on the data given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from medfraud.detectors.base import Detector, register, score_frame
+from medfraud.features.frameset import FeatureSet
+from medfraud.graph.core import ClaimsGraph, EdgeType, require_graph
+from medfraud.graph.ring import RingCandidate, find_rings
+from medfraud.labels import Labels
+
+CLAIMS_RELATIONS: tuple[EdgeType, ...] = (("doctor", "treats", "patient"),
+                                          ("doctor", "prescribes_to", "pharmacy"))
+
+
+@register("ring")
+class RingDetector(Detector):
+    """Dense-subgraph ring detector.
+
+    Parameters
+    ----------
+    level : doctor, patient or pharmacy (for a generic graph, any level with ``node_type``).
+    node_type : graph node type scored (default ``level``).
+    relations : list of [src, relation, dst] to peel (default: treats and prescribes_to).
+    n_blocks : most candidates per relation.
+    weighting : "log" (FRAUDAR) or "none" (plain Charikar peeling).
+    weight : None (0/1 edges) or an edge attribute such as "count".
+    c, min_size, min_density, relative_density : see :func:`medfraud.graph.ring.peel_blocks`.
+
+    Attributes
+    ----------
+    candidates_ : list of :class:`~medfraud.graph.ring.RingCandidate` found by ``fit``,
+        densest first.
+    """
+
+    supervised = False
+    defaults: dict[str, Any] = {"node_type": None, "relations": None, "n_blocks": 10,
+                                "weighting": "log", "weight": None, "c": 5.0, "min_size": 3,
+                                "min_density": 0.0, "relative_density": 0.75}
+
+    def __init__(self, level: str = "doctor", **params: Any):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"ring: unknown parameter(s) {sorted(unknown)}; known: "
+                             f"{sorted(self.defaults)}")
+        super().__init__(level, **params)
+
+    def _p(self, key: str) -> Any:
+        return self.params.get(key, self.defaults[key])
+
+    @property
+    def node_type(self) -> str:
+        return self._p("node_type") or self.level
+
+    def _relations(self, graph: ClaimsGraph) -> list[EdgeType]:
+        given = self._p("relations")
+        relations = [tuple(r) for r in given] if given else [
+            r for r in CLAIMS_RELATIONS if r in graph.edge_types]
+        missing = [r for r in relations if r not in graph.edge_types]
+        if missing or not relations:
+            raise ValueError(f"{self.name}: relation(s) {missing or 'doctor-treats-patient'} not "
+                             f"in the graph; edge types: {graph.edge_types}")
+        return relations
+
+    def _search(self, graph: ClaimsGraph) -> tuple[list[RingCandidate], np.ndarray]:
+        graph.require_node_type(self.node_type)
+        candidates: list[RingCandidate] = []
+        scores = np.zeros(graph.num_nodes(self.node_type))
+        for relation in self._relations(graph):
+            found, per_type = find_rings(
+                graph, relation, n_blocks=int(self._p("n_blocks")), weighting=self._p("weighting"),
+                c=float(self._p("c")), weight=self._p("weight"),
+                min_density=float(self._p("min_density")), min_size=int(self._p("min_size")),
+                relative_density=float(self._p("relative_density")))
+            candidates += found
+            if self.node_type in per_type:
+                scores = np.maximum(scores, per_type[self.node_type])
+        candidates.sort(key=lambda c: -c.density)
+        return candidates, scores
+
+    def fit(self, features: FeatureSet, labels: Labels | None = None) -> RingDetector:
+        graph = require_graph(features, self.name)
+        self.candidates_, self.scores_ = self._search(graph)
+        self._fitted_graph = graph
+        return self
+
+    def score(self, features: FeatureSet) -> pl.DataFrame:
+        self._check_fitted("candidates_")
+        graph = require_graph(features, self.name)
+        if graph is self._fitted_graph:
+            candidates, scores = self.candidates_, self.scores_
+        else:
+            candidates, scores = self._search(graph)
+        ids = graph.node_ids[self.node_type]
+        return score_frame(ids, scores, self._ring_reasons(candidates, ids))
+
+    def to_state(self) -> dict[str, Any]:
+        """{"family", "params", "candidates"}: JSON only; scoring re-runs the search."""
+        self._check_fitted("candidates_")
+        return {"family": self.family, "params": self.get_params(), "candidates": [
+            {"members": c.members, "density": c.density, "n_edges": c.n_edges,
+             "amount": c.amount, "relation": list(c.relation) if c.relation else None}
+            for c in self.candidates_]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RingDetector:
+        detector = cls(**state["params"])
+        detector.candidates_ = [
+            RingCandidate(members=c["members"], density=c["density"], n_edges=c["n_edges"],
+                          amount=c["amount"], relation=tuple(c["relation"]) if c["relation"] else None)
+            for c in state["candidates"]]
+        detector.scores_ = None
+        detector._fitted_graph = None
+        return detector
+
+    def _ring_reasons(self, candidates: list[RingCandidate], ids: pl.Series) -> pl.Series:
+        """Reason per node: rank and relation of the densest block holding it, else none."""
+        members = pl.DataFrame({
+            "reason": [f"ring_{k}_{c.relation[1] if c.relation else 'block'}"
+                       for k, c in enumerate(candidates)],
+            "id": [c.members.get(self.node_type, []) for c in candidates],
+        }, schema={"reason": pl.String, "id": pl.List(pl.String)}).explode("id")
+        members = members.drop_nulls("id").unique("id", keep="first", maintain_order=True)
+        joined = pl.DataFrame({"id": ids.cast(pl.String)}).join(members, on="id", how="left",
+                                                                maintain_order="left")
+        return joined.select(pl.when(pl.col("reason").is_null())
+                             .then(pl.lit([], pl.List(pl.String)))
+                             .otherwise(pl.concat_list("reason")).alias("reasons"))["reasons"]
