@@ -1,0 +1,32 @@
+"""Serve an exported model over REST (FastAPI + uvicorn): /health, /version, /score."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+
+def command(
+    model: str = typer.Option(..., "--model", help="model folder (models/NAME) or MLflow URI "
+                              "(models:/NAME@champion)"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to bind (0.0.0.0: all)"),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1,
+                                       help="reject larger request bodies with 413"),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level"),
+) -> None:
+    import uvicorn
+
+    from medfraud.export.model_io import load_pipeline
+    from medfraud.serve.app import create_app
+
+    err = Console(stderr=True)
+    try:
+        pipeline, info = load_pipeline(model)
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    app = create_app(pipeline, info, max_body_bytes=max_body_bytes)
+    err.print(f"serving {info.name} (version {info.version or '-'}, data {info.data_digest[:12]}) "
+              f"on http://{host}:{port}", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

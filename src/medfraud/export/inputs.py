@@ -1,0 +1,255 @@
+"""The scoring input format and its row-level check.
+
+Every scoring entry point (the pyfunc model, ``medfraud score`` batch files and the REST
+service) takes claims in one format: **one row per claim line, the claim's columns
+repeated on each of its lines** (``claims`` joined with ``claim_lines`` on ``claim_id``).
+The columns are the contract's (``medfraud.schema.TABLES``) claim columns followed by the
+line columns of :data:`LINE_COLUMNS`; dtypes need only be *coercible* (CSV strings, pandas
+objects), they are cast here.
+
+:func:`check_rows` validates a frame of such rows and returns the typed, valid claims and
+lines plus a table of problems, one row per (input row, column, reason).  A claim with
+any bad row is rejected whole and each of its rows is reported, so nothing is dropped
+silently.  Row numbers are 1-based positions among the data rows (the header of a CSV
+file is not counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import polars as pl
+
+from medfraud.schema import RANGE_CHECKS, TABLES
+
+CLAIM_COLUMNS: dict[str, pl.DataType] = dict(TABLES["claims"].columns)
+LINE_COLUMNS: dict[str, pl.DataType] = {c: t for c, t in TABLES["claim_lines"].columns.items()
+                                        if c != "claim_id"}
+INPUT_COLUMNS: dict[str, pl.DataType] = {**CLAIM_COLUMNS, **LINE_COLUMNS}
+NULLABLE = TABLES["claims"].nullable | TABLES["claim_lines"].nullable
+REQUIRED = [c for c in INPUT_COLUMNS if c not in NULLABLE]
+
+# Snapshot table and column each incoming id must exist in (unknown ids are rejected:
+# the model has no profile to score them against).
+ID_REFERENCES: dict[str, tuple[str, str]] = {
+    "patient_id": ("patients", "patient_id"),
+    "doctor_id": ("doctors", "doctor_id"),
+    "facility_id": ("facilities", "facility_id"),
+    "pharmacy_id": ("pharmacies", "pharmacy_id"),
+    "item_code": ("drugs", "drug_code"),  # checked on drug lines only
+}
+
+PROBLEM_SCHEMA = {"row": pl.Int64, "claim_id": pl.String, "column": pl.String,
+                  "reason": pl.String}
+_ROW = "_row"
+_TRUE = {"true": True, "t": True, "1": True, "yes": True, "false": False, "f": False,
+         "0": False, "no": False}
+
+
+class InputError(ValueError):
+    """Incoming rows break the input format; ``problems`` has row, claim_id, column, reason.
+
+    The message lists the first problems so a caller (or an HTTP client) sees where.
+    """
+
+    def __init__(self, problems: pl.DataFrame, total_rows: int | None = None, shown: int = 10):
+        self.problems = problems
+        bad_rows = problems["row"].drop_nulls().n_unique() if problems.height else 0
+        head = f"{bad_rows} bad input row(s)" if bad_rows else "input rejected"
+        if total_rows is not None and bad_rows:
+            head += f" out of {total_rows}"
+        lines = [head + ":"]
+        for p in problems.head(shown).iter_rows(named=True):
+            where = f"row {p['row']}" if p["row"] is not None else "input"
+            claim = f" (claim {p['claim_id']})" if p["claim_id"] else ""
+            lines.append(f"  - {where}{claim}, column {p['column']}: {p['reason']}")
+        if problems.height > shown:
+            lines.append(f"  ... and {problems.height - shown} more")
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class CheckedBatch:
+    """Outcome of :func:`check_rows`.
+
+    Attributes
+    ----------
+    claims : valid claims, one row per claim, contract columns and dtypes.
+    lines : their lines, contract ``claim_lines`` columns and dtypes.
+    problems : row (Int64), claim_id, column, reason — one row per problem found; every
+        row of a rejected claim appears at least once.
+    rows : number of input rows checked.
+    """
+
+    claims: pl.DataFrame
+    lines: pl.DataFrame
+    problems: pl.DataFrame
+    rows: int
+
+    @property
+    def bad_rows(self) -> int:
+        return self.problems["row"].drop_nulls().n_unique() if self.problems.height else 0
+
+    def raise_if_bad(self) -> None:
+        if self.problems.height:
+            raise InputError(self.problems, self.rows)
+
+
+def missing_columns(columns: list[str]) -> list[str]:
+    """Input columns absent from ``columns`` (nullable ones included: the format is fixed)."""
+    return [c for c in INPUT_COLUMNS if c not in columns]
+
+
+def _coerce(column: str, target: pl.DataType, source: pl.DataType) -> pl.Expr:
+    """Expression casting ``column`` to ``target``; a value that cannot be read becomes null."""
+    x = pl.col(column)
+    if source == pl.Null:
+        return x.cast(target)
+    if source == pl.String:
+        x = x.str.strip_chars()
+        if target == pl.String:
+            return pl.when(x == "").then(None).otherwise(x)
+        if target == pl.Date:
+            return x.str.to_date(strict=False)
+        if target == pl.Datetime("us"):
+            return x.str.to_datetime(time_unit="us", strict=False)
+        if target == pl.Boolean:
+            return x.str.to_lowercase().replace_strict(_TRUE, default=None, return_dtype=pl.Boolean)
+        if target.is_integer():
+            as_float = x.cast(pl.Float64, strict=False)
+            return pl.when(as_float == as_float.floor()).then(as_float).cast(target, strict=False)
+        return x.cast(target, strict=False)
+    if source == target:
+        return x
+    if target.is_integer() and source.is_float():
+        return pl.when(x == x.floor()).then(x).cast(target, strict=False)
+    if target == pl.Date and isinstance(source, pl.Datetime):
+        return x.dt.date()
+    if target == pl.Datetime("us") and isinstance(source, pl.Datetime):
+        if source.time_zone is not None:
+            x = x.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        return x.cast(target)
+    return x.cast(target, strict=False)
+
+
+def _raw(column: str) -> str:
+    return f"_raw_{column}"
+
+
+def _checks(schema: Mapping[str, pl.DataType],
+            snapshot: Mapping[str, pl.Series] | None) -> list[tuple[str, pl.Expr]]:
+    """(column, expression giving the problem's reason on a bad row and null elsewhere)."""
+    checks: list[tuple[str, pl.Expr]] = []
+    for column, dtype in INPUT_COLUMNS.items():
+        raw = pl.col(_raw(column))
+        blank = raw.is_null()
+        if schema[column] == pl.String:
+            blank = blank | (raw.str.strip_chars() == "")  # an empty CSV cell is a null
+        unreadable = ~blank & pl.col(column).is_null()
+        checks.append((column, pl.when(unreadable).then(pl.format(
+            "value {} is not a valid " + str(dtype), raw.cast(pl.String).str.slice(0, 40)))))
+        if column in REQUIRED:
+            checks.append((column, pl.when(blank).then(pl.lit("missing value in a required column"))))
+    for table, column, message, bad in RANGE_CHECKS:
+        if table in ("claims", "claim_lines"):
+            checks.append((column, pl.when(bad.fill_null(False)).then(pl.lit(message))))
+    checks.append(("line_no", pl.when(pl.col("line_no").is_not_null()
+                                      & (pl.len().over("claim_id", "line_no") > 1))
+                   .then(pl.lit("duplicate (claim_id, line_no)"))))
+    for column, (table, _key) in ID_REFERENCES.items():
+        if snapshot is None or table not in snapshot:
+            continue
+        unknown = pl.col(column).is_not_null() & ~pl.col(column).is_in(snapshot[table].implode())
+        if column == "item_code":
+            unknown = unknown & (pl.col("item_type") == "drug")
+        checks.append((column, pl.when(unknown).then(pl.format(
+            f"unknown {column} {{}}: not in the model's {table} snapshot", pl.col(column)))))
+    return checks
+
+
+def check_rows(rows: pl.DataFrame, snapshot: Mapping[str, pl.DataFrame | pl.Series] | None = None,
+               *, first_row: int = 1) -> CheckedBatch:
+    """Validate and type a frame of claim-line rows.
+
+    Parameters
+    ----------
+    rows : (n rows) one row per claim line in the input format (see module docstring);
+        any dtypes that can be read as the contract's.
+    snapshot : table -> frame of the model's reference tables (or a Series of its ids);
+        when given, ids must exist in them (:data:`ID_REFERENCES`).
+    first_row : number of the first row of ``rows`` in the whole input (for chunked files).
+
+    Returns
+    -------
+    CheckedBatch with the valid claims and lines and the problems found.
+
+    Raises
+    ------
+    InputError when columns are missing (nothing can be checked row by row).
+    """
+    missing = missing_columns(rows.columns)
+    if missing:
+        problems = pl.DataFrame({"row": [None] * len(missing), "claim_id": [None] * len(missing),
+                                 "column": missing,
+                                 "reason": [f"missing column (expected {INPUT_COLUMNS[c]})"
+                                            for c in missing]}, schema=PROBLEM_SCHEMA)
+        raise InputError(problems, rows.height)
+    n = rows.height
+    ids = None
+    if snapshot is not None:
+        ids = {table: (frame if isinstance(frame, pl.Series) else frame[key])
+               for _c, (table, key) in ID_REFERENCES.items() if table in snapshot
+               for frame in [snapshot[table]]}
+    schema = rows.select(list(INPUT_COLUMNS)).schema
+    typed = rows.select(
+        pl.int_range(first_row, first_row + n, dtype=pl.Int64).alias(_ROW),
+        *[_coerce(c, t, schema[c]).alias(c) for c, t in INPUT_COLUMNS.items()],
+        *[pl.col(c).alias(_raw(c)) for c in INPUT_COLUMNS],
+    ).with_columns(pl.col(_raw("claim_id")).cast(pl.String).alias("_claim_ref"))
+    checks = _checks(schema, ids)
+    # Claim columns repeated on each line must agree: one hash per row finds the claims
+    # that disagree; naming the column is then done on those few claims only.
+    repeated = [c for c in CLAIM_COLUMNS if c != "claim_id"]
+    disagree = typed.select(pl.struct(repeated).hash().n_unique().over("claim_id") > 1).to_series()
+    if disagree.any():
+        suspects = typed.filter(disagree)
+        for column in repeated:
+            checks.append((column, pl.when(
+                pl.col("claim_id").is_in(suspects["claim_id"].implode())
+                & (pl.col(column).n_unique().over("claim_id") > 1))
+                .then(pl.lit("differs between rows of the same claim"))))
+    flagged = typed.select(_ROW, "_claim_ref",
+                           *[expr.cast(pl.String).alias(f"_p{i}") for i, (_c, expr) in enumerate(checks)])
+    columns_of = pl.DataFrame({"_check": [f"_p{i}" for i in range(len(checks))],
+                               "column": [c for c, _e in checks]})
+    flag_columns = [f"_p{i}" for i in range(len(checks))]
+    # Unpivot only the rows with a problem: on clean input this is a cheap filter.
+    flagged = flagged.filter(pl.any_horizontal(pl.col(flag_columns).is_not_null()))
+    problems = (flagged.unpivot(index=[_ROW, "_claim_ref"], variable_name="_check", value_name="reason")
+                .drop_nulls("reason")
+                .join(columns_of, on="_check", how="left")
+                .select(pl.col(_ROW).alias("row"), pl.col("_claim_ref").alias("claim_id"), "column",
+                        "reason"))
+    typed = typed.select(_ROW, "_claim_ref", *INPUT_COLUMNS)
+    bad_claims = problems.select(pl.col("claim_id").alias("_claim_ref")).unique()
+    # Rows of a rejected claim with no problem of their own are reported too.
+    collateral = typed.join(bad_claims, on="_claim_ref", how="semi", nulls_equal=True).join(
+        problems.select(pl.col("row").alias(_ROW)).unique(), on=_ROW, how="anti")
+    if collateral.height:
+        problems = pl.concat([problems, collateral.select(
+            pl.col(_ROW).alias("row"), pl.col("_claim_ref").alias("claim_id"),
+            pl.lit("claim_id").alias("column"),
+            pl.lit("claim rejected because another of its rows is bad").alias("reason"))])
+    problems = problems.sort("row", "column", nulls_last=True).cast(PROBLEM_SCHEMA)
+    good = typed.join(bad_claims, on="_claim_ref", how="anti", nulls_equal=True)
+    claims = good.select(list(CLAIM_COLUMNS)).unique("claim_id", keep="first", maintain_order=True)
+    lines = good.select("claim_id", *LINE_COLUMNS).sort("claim_id", "line_no")
+    return CheckedBatch(claims, lines, problems, n)
+
+
+def rows_from_frames(claims: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:
+    """Claims and their lines as input-format rows (claims without lines are dropped)."""
+    return claims.select(list(CLAIM_COLUMNS)).join(
+        lines.select("claim_id", *LINE_COLUMNS), on="claim_id", how="inner",
+        maintain_order="left")

@@ -1,0 +1,503 @@
+"""The scoring pipeline: incoming claims in context -> risk, band and reasons.
+
+:class:`ScoringPipeline` is a plain class (no MLflow) holding everything needed to score
+a claim that was never seen in training:
+
+* a **context snapshot** of contract tables: the reference tables (patients, doctors,
+  facilities, pharmacies, drugs, duty_roster) and the history claims and lines of the
+  training window, so claim features that look back (refills, readmissions, same-day
+  card use, duplicate lines) and peer-group statistics see what they saw in training;
+* the **claim-level detectors** rebuilt from their saved state (LightGBM text, JSON,
+  torch state_dict) and the rule catalogue the ``rules`` detector needs;
+* the **entity profiles**: scores of entity-level detectors (doctor, patient, pharmacy,
+  facility) computed once on the snapshot and joined to each claim by its entity id;
+* per-detector reference CDFs, the calibration and the bands
+  (:mod:`medfraud.export.calibration`).
+
+Scoring a batch: the incoming claims and lines are appended to the snapshot in memory
+(:class:`medfraud.dataset.InMemoryDataset`), claim features are built for the batch's
+date window with the training window as the peer reference, the claim-level audit rules
+are evaluated, every detector scores, and the normalised scores are combined,
+calibrated, banded and explained.  Claims in one call see each other as context (as the
+claims of one settlement day do).
+
+Files written by :meth:`ScoringPipeline.save` (all JSON, YAML, text or Parquet; nothing is
+pickled) are described in docs/export.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from medfraud.dataset import InMemoryDataset, conform
+from medfraud.export.calibration import Bands, Calibration, ReferenceCDF
+from medfraud.export.inputs import CheckedBatch, check_rows, rows_from_frames
+from medfraud.schema import LEVEL_ID, TABLES
+
+FORMAT_VERSION = 1
+REFERENCE_TABLES = ("patients", "doctors", "facilities", "pharmacies", "drugs", "duty_roster")
+HISTORY_TABLES = ("claims", "claim_lines", "prescriptions", "pharmacy_purchases")
+SCORE_COLUMNS = {"claim_id": pl.String, "risk": pl.Float64, "band": pl.String,
+                 "reasons": pl.List(pl.String)}
+# Claim-level rule kinds that relate a claim only to itself and to other claims of its
+# patient or its doctor, or (drg_upcoding) to the DRG stays of its diagnosis.  When every
+# enabled claim rule is one of these, rules run on the history of the batch's patients,
+# doctors and DRG diagnoses only: the same hits at a cost that no longer grows with the whole
+# snapshot.  A catalogue with any other kind falls back to the full history.
+HISTORY_SCOPED_RULE_KINDS = frozenset({
+    "sex_restriction", "age_restriction", "indication_restriction", "facility_level_restriction",
+    "care_setting_restriction", "course_limit", "duplicate_charge", "frequency_limit",
+    "dose_over_label", "quantity_over_days_limit", "overlapping_refill", "readmission",
+    "overlapping_stays", "outpatient_during_stay", "service_after_death", "card_frequency",
+    "same_day_distant_regions", "drg_upcoding", "doctor_off_duty", "idle_stay",
+    "implausible_identity",
+})
+# Large strings/bytes of a detector state go to their own file (readable LightGBM text,
+# torch state_dict bytes) instead of being inlined in the JSON.
+_INLINE_LIMIT = 4096
+
+
+@dataclass
+class DetectorPart:
+    """One detector of the pipeline.
+
+    Attributes
+    ----------
+    name : the detector's name in the experiment (e.g. ``lightgbm``).
+    family, level : registry family and the level it scores.
+    weight : weight in the combined score.
+    reference : CDF of its training scores (normalisation to [0, 1]).
+    state : the detector's ``to_state()`` (kept for provenance and reloading).
+    detector : the rebuilt detector (claim level only; None at entity levels).
+    profile : entity levels only: ``id``, ``u`` (normalised score), ``reasons`` per entity
+        of the snapshot.
+    """
+
+    name: str
+    family: str
+    level: str
+    weight: float
+    reference: ReferenceCDF
+    state: Any
+    detector: Any = None
+    profile: pl.DataFrame | None = None
+
+
+@dataclass
+class PipelineSettings:
+    """Scalar settings of a pipeline (saved in ``pipeline.json``).
+
+    Attributes
+    ----------
+    name : model name.
+    feature_params : :class:`medfraud.features.FeatureParams` fields (JSON form).
+    reference_window : training window (first, last service date) fitting peer statistics.
+    reason_quantile : a detector's reasons are shown only when the claim sits at or above
+        this position among the detector's training scores.
+    max_reasons : reasons kept per claim.
+    data_digest : content digest of the training dataset.
+    meta : free provenance (run id, experiment, created_at, medfraud version).
+    """
+
+    name: str
+    feature_params: dict[str, Any]
+    reference_window: tuple[date, date]
+    reason_quantile: float = 0.9
+    max_reasons: int = 5
+    data_digest: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class ScoringPipeline:
+    """Score incoming claims against a context snapshot with fitted detectors.
+
+    Parameters
+    ----------
+    settings : :class:`PipelineSettings`.
+    context : table -> DataFrame in contract dtypes: :data:`REFERENCE_TABLES` and the
+        history tables :data:`HISTORY_TABLES` (possibly empty).
+    detectors : :class:`DetectorPart` list (at least one).
+    calibration, bands : see :mod:`medfraud.export.calibration`.
+    catalogue_yaml : the rule catalogue as YAML text, or None when no rules detector runs.
+    """
+
+    def __init__(self, settings: PipelineSettings, context: Mapping[str, pl.DataFrame],
+                 detectors: list[DetectorPart], calibration: Calibration, bands: Bands,
+                 catalogue_yaml: str | None = None, card: dict[str, Any] | None = None):
+        missing = [t for t in (*REFERENCE_TABLES, *HISTORY_TABLES) if t not in context]
+        if missing:
+            raise ValueError(f"pipeline context lacks table(s) {missing}")
+        if not detectors:
+            raise ValueError("a scoring pipeline needs at least one detector")
+        self.settings = settings
+        self.context = {t: conform(t, f) for t, f in context.items()}
+        self.detectors = detectors
+        self.calibration = calibration
+        self.bands = bands
+        self.catalogue_yaml = catalogue_yaml
+        self.card = card or {}
+        self._catalogue = None
+        self._feature_params = None
+        # Tables of the pipeline's own input check (unknown ids are rejected).
+        self.snapshot_ids = {table: self.context[table][key]
+                             for table, key in (("patients", "patient_id"), ("doctors", "doctor_id"),
+                                                ("facilities", "facility_id"),
+                                                ("pharmacies", "pharmacy_id"), ("drugs", "drug_code"))}
+        # The snapshot as lazy frames: a call concatenates the batch onto them without copying.
+        self._lazy_context = {t: f.lazy() for t, f in self.context.items()}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def data_digest(self) -> str:
+        return self.settings.data_digest
+
+    @property
+    def catalogue(self):
+        """The claim-level part of the rule catalogue (entity rules never reach a claim score)."""
+        if self._catalogue is None and self.catalogue_yaml is not None:
+            import yaml
+
+            from medfraud.rules import RuleCatalogue
+
+            raw = yaml.safe_load(self.catalogue_yaml)
+            full = RuleCatalogue.model_validate(raw)
+            self._catalogue = RuleCatalogue(version=full.version,
+                                            rules=[r for r in full.rules if r.level == "claim"])
+        return self._catalogue
+
+    @property
+    def feature_params(self):
+        """The :class:`~medfraud.features.FeatureParams` the detectors were trained with."""
+        if self._feature_params is None:
+            self._feature_params = feature_params_from_json(self.settings.feature_params)
+        return self._feature_params
+
+    def explain_every_claim(self) -> None:
+        """Make detectors that explain only the top of each call (LightGBM's ``explain``
+        share) explain every claim, so a claim's reasons never depend on the other claims
+        of its call.  The REST service does this (small calls); batch scoring keeps the
+        detectors' own share (SHAP on a whole file would dominate the cost)."""
+        for part in self.detectors:
+            if part.detector is not None and "explain" in getattr(part.detector, "params", {}):
+                part.detector.params["explain"] = 1.0
+
+    # ------------------------------------------------------------------ scoring
+    def check(self, rows: pl.DataFrame, first_row: int = 1) -> CheckedBatch:
+        """Validate input-format rows (see :mod:`medfraud.export.inputs`) against the snapshot."""
+        return check_rows(rows, self.snapshot_ids, first_row=first_row)
+
+    def score(self, claims: pl.DataFrame, lines: pl.DataFrame, *, validate: bool = True) -> pl.DataFrame:
+        """Score claims with their lines.
+
+        Parameters
+        ----------
+        claims : (n,) one row per claim, the contract's ``claims`` columns.
+        lines : (m,) their ``claim_lines`` rows.
+        validate : run the input check first (raise :class:`~medfraud.export.inputs.InputError`
+            naming row, column and reason on any problem).  Callers that already ran
+            :meth:`check` pass False.
+
+        Returns
+        -------
+        DataFrame (n,) with claim_id (String), risk (Float64 in [0, 1]), band (String:
+        low | medium | high) and reasons (List[String], most important first), in the
+        order of ``claims``.
+        """
+        if validate:
+            batch = self.check(rows_from_frames(claims, lines))
+            batch.raise_if_bad()
+            missing_lines = claims.join(lines.select("claim_id").unique(), on="claim_id", how="anti")
+            if missing_lines.height:
+                from medfraud.export.inputs import InputError
+
+                raise InputError(pl.DataFrame({
+                    "row": [None], "claim_id": [missing_lines["claim_id"][0]], "column": ["claim_id"],
+                    "reason": [f"{missing_lines.height} claim(s) have no lines"]},
+                    schema={"row": pl.Int64, "claim_id": pl.String, "column": pl.String,
+                            "reason": pl.String}))
+            claims, lines = batch.claims, batch.lines
+        raw = self.raw_scores(claims, lines)
+        risk = self.calibration.transform(raw["raw_score"].to_numpy())
+        return raw.with_columns(pl.Series("risk", risk, dtype=pl.Float64).clip(0.0, 1.0),
+                                self.bands.expr("raw_score").alias("band")).select(
+            [pl.col(c).cast(t) for c, t in SCORE_COLUMNS.items()])
+
+    def score_rows(self, rows: pl.DataFrame, first_row: int = 1) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Check and score input-format rows; return (scores of valid claims, problems)."""
+        batch = self.check(rows, first_row)
+        if batch.claims.height == 0:
+            return empty_scores(), batch.problems
+        return self.score(batch.claims, batch.lines, validate=False), batch.problems
+
+    def raw_scores(self, claims: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:
+        """Uncalibrated combined score and reasons: claim_id, raw_score (Float64), reasons.
+
+        ``claims`` and ``lines`` must be valid (contract dtypes, known ids).
+        """
+        from medfraud.features import build_features
+        from medfraud.features.frameset import FeatureSet
+
+        claims = conform("claims", claims)
+        lines = conform("claim_lines", lines)
+        ids = claims.select("claim_id")
+        window = (claims["service_date"].min(), claims["service_date"].max())
+        tables = dict(self._lazy_context)
+        tables["claims"] = pl.concat([tables["claims"].join(ids.lazy(), on="claim_id", how="anti"),
+                                      claims.lazy()])
+        tables["claim_lines"] = pl.concat([
+            tables["claim_lines"].join(ids.lazy(), on="claim_id", how="anti"), lines.lazy()])
+        dataset = InMemoryDataset(tables, manifest={"content_digest": self.data_digest})
+        features = build_features(dataset, window, levels=("claim",),
+                                  reference_window=self.settings.reference_window,
+                                  params=self.feature_params)
+        claim_frame = features.frame("claim").join(ids, on="claim_id", how="semi")
+        hits = None
+        if any(p.family == "rules" and p.detector is not None for p in self.detectors):
+            from medfraud.rules import evaluate_tables
+
+            hits = evaluate_tables(self.rule_tables(claims, lines), self.catalogue, window,
+                                   missing="skip")
+            hits = hits.join(ids.rename({"claim_id": "id"}), on="id", how="semi")
+        batch_features = FeatureSet({"claim": claim_frame}, {"claim": features.columns["claim"]},
+                                    window=window, rule_hits=hits)
+        parts = []
+        for i, part in enumerate(self.detectors):
+            parts.append(self._normalised(part, i, batch_features, claim_frame))
+        return self._combine(claims.select("claim_id"), parts)
+
+    def rule_tables(self, claims: pl.DataFrame, lines: pl.DataFrame,
+                    prune: bool | None = None) -> dict[str, pl.LazyFrame]:
+        """The tables the claim rules see for a batch: the snapshot plus the batch.
+
+        With ``prune`` (default: when every enabled claim rule's kind is in
+        :data:`HISTORY_SCOPED_RULE_KINDS`) the history keeps only the claims of the batch's
+        patients and doctors and the DRG stays of its DRG diagnoses, with their lines.
+        """
+        if prune is None:
+            prune = all(r.kind in HISTORY_SCOPED_RULE_KINDS for r in self.catalogue.enabled)
+        ids = claims.select("claim_id").lazy()
+        history = self._lazy_context["claims"].join(ids, on="claim_id", how="anti")
+        history_lines = self._lazy_context["claim_lines"].join(ids, on="claim_id", how="anti")
+        if prune:
+            diagnoses = claims.filter(pl.col("drg_weight").is_not_null())["diagnosis_code"].unique()
+            related = (pl.col("patient_id").is_in(claims["patient_id"].unique().implode())
+                       | pl.col("doctor_id").is_in(claims["doctor_id"].unique().implode())
+                       | (pl.col("drg_weight").is_not_null()
+                          & pl.col("diagnosis_code").is_in(diagnoses.implode())))
+            history = history.filter(related).collect().lazy()
+            history_lines = history_lines.join(history.select("claim_id"), on="claim_id", how="semi")
+        tables = dict(self._lazy_context)
+        tables["claims"] = pl.concat([history, claims.lazy()])
+        tables["claim_lines"] = pl.concat([history_lines, lines.lazy()])
+        return tables
+
+    def _normalised(self, part: DetectorPart, order: int, features, claim_frame: pl.DataFrame) -> pl.DataFrame:
+        """claim_id, u (Float64 in [0, 1] or null), reasons, det (order) for one detector."""
+        if part.level == "claim":
+            scored = part.detector.score(features)
+            u = part.reference.transform(scored["score"].to_numpy())
+            out = scored.select(pl.col("id").alias("claim_id"), pl.Series("u", u, dtype=pl.Float64),
+                                "reasons")
+        else:
+            id_col = LEVEL_ID[part.level]
+            out = (claim_frame.select("claim_id", id_col)
+                   .join(part.profile.rename({"id": id_col}), on=id_col, how="left")
+                   .select("claim_id", "u", "reasons"))
+        return out.with_columns(pl.lit(order, pl.Int32).alias("det"),
+                                pl.lit(part.weight, pl.Float64).alias("w"))
+
+    def _combine(self, ids: pl.DataFrame, parts: list[pl.DataFrame]) -> pl.DataFrame:
+        long = pl.concat(parts, how="vertical")
+        present = pl.col("u").is_not_null() & pl.col("u").is_not_nan()
+        combined = long.group_by("claim_id").agg(
+            ((pl.col("u") * pl.col("w")).filter(present).sum()
+             / pl.col("w").filter(present).sum()).alias("raw_score"))
+        q, k = self.settings.reason_quantile, self.settings.max_reasons
+        reasons = (long.filter(present & (pl.col("u") >= q))
+                   .select("claim_id", "u", "det", pl.col("reasons").alias("reason"))
+                   .explode("reason").drop_nulls("reason")
+                   .with_columns(pl.int_range(pl.len()).over("claim_id", "det").alias("pos"))
+                   .sort(["claim_id", "u", "det", "pos"], descending=[False, True, False, False])
+                   .unique(["claim_id", "reason"], keep="first", maintain_order=True)
+                   .group_by("claim_id", maintain_order=True)
+                   .agg(pl.col("reason").head(k).alias("reasons")))
+        return (ids.join(combined, on="claim_id", how="left", maintain_order="left")
+                .join(reasons, on="claim_id", how="left", maintain_order="left")
+                .with_columns(pl.col("raw_score").fill_null(0.0).fill_nan(0.0),
+                              pl.col("reasons").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the pipeline to folder ``path`` (created; must not hold another pipeline)."""
+        path = Path(path)
+        if (path / "pipeline.json").exists():
+            raise FileExistsError(f"{path} already holds a pipeline")
+        (path / "context").mkdir(parents=True, exist_ok=True)
+        (path / "detectors").mkdir(exist_ok=True)
+        (path / "profiles").mkdir(exist_ok=True)
+        for table, frame in self.context.items():
+            frame.write_parquet(path / "context" / f"{table}.parquet", compression="zstd")
+        entries = []
+        for part in self.detectors:
+            entry = {"name": part.name, "family": part.family, "level": part.level,
+                     "weight": part.weight,
+                     "state": _write_state(path / "detectors", part.name, part.state),
+                     "reference": f"detectors/{part.name}.reference.json"}
+            (path / entry["reference"]).write_text(json.dumps(part.reference.to_json()))
+            if part.profile is not None:
+                entry["profile"] = f"profiles/{part.name}.parquet"
+                part.profile.write_parquet(path / entry["profile"], compression="zstd")
+            entries.append(entry)
+        if self.catalogue_yaml is not None:
+            (path / "rules.yaml").write_text(self.catalogue_yaml, encoding="utf-8")
+        (path / "calibration.json").write_text(json.dumps(self.calibration.to_json(), indent=2))
+        (path / "bands.json").write_text(json.dumps(self.bands.to_json(), indent=2))
+        if self.card:
+            (path / "model_card.json").write_text(json.dumps(self.card, indent=2, default=str,
+                                                             ensure_ascii=False), encoding="utf-8")
+        s = self.settings
+        spec = {"format_version": FORMAT_VERSION, "name": s.name, "feature_params": s.feature_params,
+                "reference_window": [s.reference_window[0].isoformat(), s.reference_window[1].isoformat()],
+                "reason_quantile": s.reason_quantile, "max_reasons": s.max_reasons,
+                "data_digest": s.data_digest, "meta": s.meta, "detectors": entries,
+                "rules": "rules.yaml" if self.catalogue_yaml is not None else None,
+                "context": {t: f"context/{t}.parquet" for t in self.context}}
+        (path / "pipeline.json").write_text(json.dumps(spec, indent=2, default=str))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ScoringPipeline:
+        """Read a pipeline written by :meth:`save`; claim-level detectors are rebuilt from state."""
+        from medfraud.detectors.state import detector_from_state
+
+        path = Path(path)
+        spec_file = path / "pipeline.json"
+        if not spec_file.is_file():
+            raise FileNotFoundError(f"{path} is not a scoring pipeline: pipeline.json is missing")
+        spec = json.loads(spec_file.read_text())
+        if spec.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{spec_file}: format_version {spec.get('format_version')} is not "
+                             f"{FORMAT_VERSION}")
+        context = {t: pl.read_parquet(path / rel) for t, rel in spec["context"].items()}
+        parts = []
+        for entry in spec["detectors"]:
+            state = _read_state(path, entry["state"])
+            reference = ReferenceCDF.from_json(json.loads((path / entry["reference"]).read_text()))
+            detector = detector_from_state(state) if entry["level"] == "claim" else None
+            profile = pl.read_parquet(path / entry["profile"]) if entry.get("profile") else None
+            parts.append(DetectorPart(entry["name"], entry["family"], entry["level"],
+                                      float(entry["weight"]), reference, state, detector, profile))
+        catalogue_yaml = (path / spec["rules"]).read_text(encoding="utf-8") if spec.get("rules") else None
+        card_file = path / "model_card.json"
+        card = json.loads(card_file.read_text(encoding="utf-8")) if card_file.is_file() else {}
+        first, last = (date.fromisoformat(d) for d in spec["reference_window"])
+        settings = PipelineSettings(spec["name"], spec["feature_params"], (first, last),
+                                    spec["reason_quantile"], spec["max_reasons"], spec["data_digest"],
+                                    spec.get("meta", {}))
+        calibration = Calibration.from_json(json.loads((path / "calibration.json").read_text()))
+        bands = Bands.from_json(json.loads((path / "bands.json").read_text()))
+        return cls(settings, context, parts, calibration, bands, catalogue_yaml, card)
+
+    def __repr__(self) -> str:
+        dets = ", ".join(f"{p.name}@{p.level}" for p in self.detectors)
+        return f"ScoringPipeline(name={self.name!r}, detectors=[{dets}], digest={self.data_digest[:12]})"
+
+
+def empty_scores() -> pl.DataFrame:
+    """A score frame with no rows."""
+    return pl.DataFrame(schema=SCORE_COLUMNS)
+
+
+def feature_params_to_json(params) -> dict[str, Any]:
+    """:class:`~medfraud.features.FeatureParams` -> JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(asdict(params)))
+
+
+def feature_params_from_json(blob: Mapping[str, Any]):
+    """Inverse of :func:`feature_params_to_json` (lists become the tuples the dataclass uses)."""
+    from medfraud.features import FeatureParams
+
+    return FeatureParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob.items()})
+
+
+def _write_state(folder: Path, name: str, state: Any) -> dict[str, Any]:
+    """Write a detector state; return its JSON reference (large text/bytes in own files)."""
+    if isinstance(state, bytes):
+        (folder / f"{name}.bin").write_bytes(state)
+        return {"bytes": f"detectors/{name}.bin"}
+    if isinstance(state, str):
+        (folder / f"{name}.txt").write_text(state, encoding="utf-8")
+        return {"text": f"detectors/{name}.txt"}
+    if not isinstance(state, dict):
+        raise TypeError(f"detector {name}: to_state() returned {type(state).__name__}; expected a "
+                        "dict, str or bytes")
+    doc = {}
+    for key, value in state.items():
+        if isinstance(value, bytes):
+            rel = f"detectors/{name}.{key}.bin"
+            (folder.parent / rel).write_bytes(value)
+            doc[key] = {"$file": rel, "$type": "bytes"}
+        elif isinstance(value, str) and len(value) > _INLINE_LIMIT:
+            rel = f"detectors/{name}.{key}.txt"
+            (folder.parent / rel).write_text(value, encoding="utf-8")
+            doc[key] = {"$file": rel, "$type": "text"}
+        else:
+            doc[key] = value
+    (folder / f"{name}.json").write_text(json.dumps(doc, default=_json_default))
+    return {"json": f"detectors/{name}.json"}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (date,)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return {"$base64": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"detector state holds a {type(value).__name__}, which is not JSON-serialisable")
+
+
+def _read_state(root: Path, ref: Mapping[str, str]) -> Any:
+    if "bytes" in ref:
+        return (root / ref["bytes"]).read_bytes()
+    if "text" in ref:
+        return (root / ref["text"]).read_text(encoding="utf-8")
+    doc = json.loads((root / ref["json"]).read_text())
+    for key, value in list(doc.items()):
+        if isinstance(value, dict) and "$file" in value:
+            file = root / value["$file"]
+            doc[key] = file.read_bytes() if value.get("$type") == "bytes" else file.read_text("utf-8")
+    return doc
+
+
+def context_tables(tables: Mapping[str, pl.LazyFrame], window: tuple[date, date]) -> dict[str, pl.DataFrame]:
+    """The scoring context cut from a dataset's tables.
+
+    Reference tables whole; claims and their lines with service_date in ``window``;
+    prescriptions and pharmacy purchases empty (claim features and claim-level rules do not
+    read them; the entity levels that do are scored once at export, see ``profile``).
+    """
+    out = {t: tables[t].collect() for t in REFERENCE_TABLES}
+    claims = tables["claims"].filter(
+        pl.col("service_date").is_between(pl.lit(window[0]), pl.lit(window[1]), closed="both"))
+    out["claims"] = claims.collect()
+    out["claim_lines"] = tables["claim_lines"].join(out["claims"].lazy().select("claim_id"),
+                                                    on="claim_id", how="semi").collect()
+    for table in ("prescriptions", "pharmacy_purchases"):
+        out[table] = pl.DataFrame(schema=TABLES[table].columns)
+    return out

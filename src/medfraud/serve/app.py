@@ -1,0 +1,444 @@
+"""The REST scoring service (FastAPI): ``/health``, ``/version`` and ``/score``.
+
+Requests are checked in three layers, each answering 4xx with a message naming the field:
+
+1. body size (:class:`BodySizeLimit`, an ASGI middleware counting bytes *before* parsing:
+   ``Content-Length`` above the limit, or a streamed body growing past it, gets 413);
+2. the pydantic request models (``extra="forbid"``: malformed JSON, missing, unknown or
+   mistyped fields, negative money, too many claims -> 422 with ``claims[i].field``);
+3. the model's own input check (:func:`medfraud.export.inputs.check_rows`: ids absent from
+   the model's snapshot, amounts that do not add up, duplicate lines -> 422).
+
+Scoring runs in one worker thread fed by :class:`MicroBatcher`: requests that arrive while
+a batch is being scored are scored together in the next batch, one pipeline call for all
+of them (the per-call cost of building features and evaluating rules is mostly fixed).
+Two requests sharing a patient, a doctor or, for DRG-grouped stays, a diagnosis are never
+put in the same batch, so a request's scores do not depend on other traffic (claim features
+and claim rules relate a claim to other claims of its patient or doctor, and the DRG
+upcoding rule to the stays of its diagnosis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Literal
+
+import polars as pl
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from medfraud.export.inputs import CLAIM_COLUMNS, INPUT_COLUMNS, LINE_COLUMNS
+from medfraud.schema import ITEM_TYPES, SETTINGS
+
+log = logging.getLogger("medfraud.serve")
+
+MAX_BODY_BYTES = 1_000_000
+MAX_CLAIMS = 100
+
+
+# --------------------------------------------------------------------------- request models
+
+class LineIn(BaseModel):
+    """One claim line (contract ``claim_lines`` without claim_id); money in yuan."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    line_no: int = Field(ge=0)
+    item_type: Literal[ITEM_TYPES]  # type: ignore[valid-type]
+    item_code: str = Field(min_length=1)
+    quantity: float = Field(ge=0)
+    days_supply: int | None = Field(default=None, ge=0)
+    unit_price: float = Field(ge=0)
+    amount: float = Field(ge=0)
+
+
+class ClaimIn(BaseModel):
+    """One claim (contract ``claims`` columns) with its lines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    claim_id: str = Field(min_length=1)
+    patient_id: str = Field(min_length=1)
+    doctor_id: str = Field(min_length=1)
+    facility_id: str = Field(min_length=1)
+    pharmacy_id: str | None = None
+    setting: Literal[SETTINGS]  # type: ignore[valid-type]
+    service_date: date
+    admit_date: date | None = None
+    discharge_date: date | None = None
+    diagnosis_code: str = Field(min_length=1)
+    drg_group: str | None = None
+    drg_weight: float | None = Field(default=None, ge=0)
+    total_amount: float = Field(ge=0)
+    fund_paid: float = Field(ge=0)
+    self_paid: float = Field(ge=0)
+    region: str = Field(min_length=1)
+    cross_region: bool
+    settled_at: datetime
+    lines: list[LineIn] = Field(min_length=1)
+
+
+class ScoreRequest(BaseModel):
+    """``/score`` body: 1 to 100 claims."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    claims: list[ClaimIn] = Field(min_length=1, max_length=MAX_CLAIMS)
+
+
+class ClaimScore(BaseModel):
+    claim_id: str
+    risk: float
+    band: Literal["low", "medium", "high"]
+    reasons: list[str]
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    version: str | None
+    scores: list[ClaimScore]
+
+
+# --------------------------------------------------------------------------- body size
+
+class BodySizeLimit:
+    """ASGI middleware: 413 when the request body exceeds ``max_bytes``, before any parsing.
+
+    ``Content-Length`` is checked first; a body sent without it (chunked) is counted as it
+    streams in and cut off as soon as it passes the limit.
+    """
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return await _send_error(send, 400, "body", "Content-Length is not an integer")
+            if declared > self.max_bytes:
+                return await _send_error(send, 413, "body", f"request body of {declared} bytes "
+                                         f"exceeds the limit of {self.max_bytes} bytes")
+        if length is not None:
+            return await self.app(scope, receive, send)
+        # No Content-Length (chunked): read and count the body before the app parses it,
+        # stopping as soon as it passes the limit, then replay it to the app.
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                return await _send_error(send, 413, "body", f"request body exceeds the limit of "
+                                         f"{self.max_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _send_error(send, status: int, field_name: str, message: str) -> None:
+    body = json.dumps({"detail": message, "errors": [{"field": field_name, "message": message}]}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------- batching
+
+_LINE_STRUCT = pl.Struct({c: t for c, t in LINE_COLUMNS.items()})
+_REQUEST_SCHEMA = {**CLAIM_COLUMNS, "lines": pl.List(_LINE_STRUCT)}
+
+
+def request_rows(request: ScoreRequest) -> pl.DataFrame:
+    """Input-format rows of a request plus ``_claim`` / ``_line`` (indices in the request)."""
+    claims = pl.DataFrame(request.model_dump()["claims"], schema=_REQUEST_SCHEMA)
+    return (claims.with_row_index("_claim").explode("lines")
+            .with_columns(pl.int_range(pl.len()).over("_claim").alias("_line"))
+            .unnest("lines").select(*INPUT_COLUMNS, pl.col("_claim").cast(pl.Int64), "_line"))
+
+
+@dataclass
+class _Job:
+    rows: pl.DataFrame
+    patients: frozenset[str]
+    doctors: frozenset[str]
+    claim_ids: frozenset[str]
+    drg_diagnoses: frozenset[str]
+    future: asyncio.Future = field(repr=False)
+
+
+class RequestProblems(Exception):
+    """The model's input check rejected a request: ``errors`` lists field and message."""
+
+    def __init__(self, errors: list[dict[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]))
+
+
+class MicroBatcher:
+    """Score concurrent requests together, one pipeline call per batch, in one worker thread.
+
+    Parameters
+    ----------
+    pipeline : the :class:`~medfraud.export.pipeline.ScoringPipeline`.
+    max_claims : most claims per batch.
+    """
+
+    def __init__(self, pipeline, max_claims: int = 512):
+        self.pipeline = pipeline
+        self.max_claims = max_claims
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._held: list[_Job] = []
+        self._worker: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.batches = 0        # batches scored so far
+        self.largest_batch = 0  # most requests scored in one batch
+
+    async def start(self) -> None:
+        """Start the worker on the running event loop (again after :meth:`stop`)."""
+        self._queue = asyncio.Queue()
+        self._held = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medfraud-score")
+        self._worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._queue = None
+
+    async def score(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Scores (claim_id, risk, band, reasons) of one request's rows; raises RequestProblems."""
+        if self._queue is None or self._worker is None or self._worker.done():
+            await self.start()
+        job = _Job(rows, frozenset(rows["patient_id"].drop_nulls().to_list()),
+                   frozenset(rows["doctor_id"].drop_nulls().to_list()),
+                   frozenset(rows["claim_id"].drop_nulls().to_list()),
+                   frozenset(rows.filter(pl.col("drg_weight").is_not_null())["diagnosis_code"]
+                             .drop_nulls().to_list()),
+                   asyncio.get_running_loop().create_future())
+        await self._queue.put(job)
+        return await job.future
+
+    def _take(self) -> list[_Job]:
+        """Jobs for the next batch: held-over jobs first, then what is queued, no shared keys."""
+        candidates = self._held
+        self._held = []
+        while not self._queue.empty():
+            candidates.append(self._queue.get_nowait())
+        batch: list[_Job] = []
+        patients: set[str] = set()
+        doctors: set[str] = set()
+        claim_ids: set[str] = set()
+        diagnoses: set[str] = set()
+        size = 0
+        for job in candidates:
+            overlaps = (job.patients & patients or job.doctors & doctors or job.claim_ids & claim_ids
+                        or job.drg_diagnoses & diagnoses)
+            if batch and (overlaps or size + len(job.claim_ids) > self.max_claims):
+                self._held.append(job)
+                continue
+            batch.append(job)
+            patients |= job.patients
+            doctors |= job.doctors
+            claim_ids |= job.claim_ids
+            diagnoses |= job.drg_diagnoses
+            size += len(job.claim_ids)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._held:
+                first = await self._queue.get()
+                self._held.append(first)
+            batch = self._take()
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            try:
+                results = await loop.run_in_executor(self._executor, self._score_batch, batch)
+            except Exception as exc:  # never let the worker die: fail this batch's requests
+                log.exception("scoring batch failed")
+                results = [exc] * len(batch)
+            for job, result in zip(batch, results):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+    def _score_batch(self, batch: list[_Job]) -> list[Any]:
+        """Check all rows at once, then score the requests without problems in one call."""
+        rows = pl.concat([job.rows.with_columns(pl.lit(i, pl.Int32).alias("_job"))
+                          for i, job in enumerate(batch)], how="vertical")
+        checked = self.pipeline.check(rows.select(*INPUT_COLUMNS))
+        results: list[Any] = [None] * len(batch)
+        bad_jobs: set[int] = set()
+        if checked.problems.height:
+            located = (checked.problems.join(
+                rows.with_row_index("row", offset=1).select(pl.col("row").cast(pl.Int64), "_job",
+                                                             "_claim", "_line"),
+                on="row", how="left"))
+            for i, group in located.group_by("_job"):
+                job_index = int(i[0])
+                bad_jobs.add(job_index)
+                results[job_index] = RequestProblems(_field_errors(group))
+        good = [i for i in range(len(batch)) if i not in bad_jobs]
+        if good:
+            keep = rows.filter(pl.col("_job").is_in(good)).select("claim_id").unique()
+            claims = checked.claims.join(keep, on="claim_id", how="semi")
+            lines = checked.lines.join(keep, on="claim_id", how="semi")
+            scores = self.pipeline.score(claims, lines, validate=False)
+            owner = rows.select("claim_id", "_job").unique("claim_id")
+            scored = scores.join(owner, on="claim_id", how="left")
+            for i in good:
+                results[i] = scored.filter(pl.col("_job") == i).drop("_job")
+        return results
+
+
+def _field_errors(problems: pl.DataFrame) -> list[dict[str, str]]:
+    """Problems of one request as ``{"field": "claims[i].column", "message": ...}``."""
+    out = []
+    for p in problems.sort("_claim", "_line", "column", nulls_last=True).iter_rows(named=True):
+        if p["_claim"] is None:
+            where = p["column"]
+        elif p["column"] in LINE_COLUMNS:
+            where = f"claims[{p['_claim']}].lines[{p['_line']}].{p['column']}"
+        else:
+            where = f"claims[{p['_claim']}].{p['column']}"
+        out.append({"field": where, "message": p["reason"]})
+    # One message per field is enough for a client.
+    seen, unique = set(), []
+    for e in out:
+        if (e["field"], e["message"]) not in seen:
+            seen.add((e["field"], e["message"]))
+            unique.append(e)
+    return unique
+
+
+# --------------------------------------------------------------------------- the app
+
+def _validation_field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if p.isdigit() else (f".{p}" if text else p)
+    return text or "body"
+
+
+def create_app(pipeline, info, *, max_body_bytes: int = MAX_BODY_BYTES,
+               max_claims: int = MAX_CLAIMS) -> FastAPI:
+    """The FastAPI application serving ``pipeline``.
+
+    Parameters
+    ----------
+    pipeline : a loaded :class:`~medfraud.export.pipeline.ScoringPipeline`.
+    info : its :class:`~medfraud.export.model_io.ModelInfo` (name, version, digest).
+    max_body_bytes : request bodies above this get 413 (checked before parsing).
+    max_claims : claims per request above this get 422 (at most :data:`MAX_CLAIMS`).
+    """
+    from contextlib import asynccontextmanager
+
+    from medfraud.export.model_io import model_summary
+
+    pipeline.explain_every_claim()  # reasons must not depend on co-batched requests
+    batcher = MicroBatcher(pipeline)
+    summary = model_summary(info, pipeline)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="medfraud scoring", version=summary["medfraud"], lifespan=lifespan)
+    app.state.batcher = batcher
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = []
+        for err in exc.errors():
+            where = _validation_field(tuple(err.get("loc", ())))
+            message = err.get("msg", "invalid")
+            if err.get("type") == "json_invalid":
+                position = next((p for p in err.get("loc", ())[1:] if isinstance(p, int)), None)
+                at = f" at character {position}" if position is not None else ""
+                where = "body"
+                message = (f"body is not valid JSON{at} "
+                           f"({err.get('ctx', {}).get('error', 'parse error')})")
+            elif err.get("type") == "extra_forbidden":
+                message = "unknown field"
+            errors.append({"field": where, "message": message})
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return JSONResponse(status_code=422, content={"detail": detail, "errors": errors})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/version")
+    async def version() -> dict[str, Any]:
+        return summary
+
+    @app.post("/score", response_model=ScoreResponse)
+    async def score(body: ScoreRequest):
+        if len(body.claims) > max_claims:
+            message = f"{len(body.claims)} claims in one request; the limit is {max_claims}"
+            return JSONResponse(status_code=422, content={
+                "detail": f"claims: {message}", "errors": [{"field": "claims", "message": message}]})
+        ids = [c.claim_id for c in body.claims]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            message = f"claim_id {dup!r} appears more than once in the request"
+            return JSONResponse(status_code=422, content={
+                "detail": f"claims: {message}", "errors": [{"field": "claims", "message": message}]})
+        try:
+            scores = await batcher.score(request_rows(body))
+        except RequestProblems as exc:
+            return JSONResponse(status_code=422, content={"detail": str(exc), "errors": exc.errors})
+        order = pl.DataFrame({"claim_id": ids}).with_row_index("_i")
+        ordered = scores.join(order, on="claim_id").sort("_i").drop("_i")
+        return {"model": summary["model"], "version": summary["version"],
+                "scores": ordered.to_dicts()}
+
+    return app

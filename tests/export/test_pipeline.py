@@ -1,0 +1,133 @@
+"""ScoringPipeline: scores, bands, reasons, validation, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from medfraud.dataset import Dataset
+from medfraud.export.inputs import InputError
+from medfraud.export.pipeline import ScoringPipeline
+from medfraud.labels import Labels
+from tests.export.factory import holdout_frames
+
+
+@pytest.fixture(scope="module")
+def holdout(exported):
+    return holdout_frames(exported["dataset"])
+
+
+@pytest.fixture(scope="module")
+def scores(pipeline, holdout):
+    return pipeline.score(*holdout)
+
+
+def test_scores_schema_and_ranges(scores, holdout):
+    claims, _ = holdout
+    assert scores.schema == pl.Schema({"claim_id": pl.String, "risk": pl.Float64, "band": pl.String,
+                                       "reasons": pl.List(pl.String)})
+    assert scores["claim_id"].to_list() == claims["claim_id"].to_list()
+    assert scores["risk"].is_between(0.0, 1.0).all()
+    assert set(scores["band"].unique()) <= {"low", "medium", "high"}
+
+
+def test_bands_follow_risk_and_budget(scores):
+    by_band = scores.group_by("band").agg(pl.col("risk").min().alias("lo"), pl.col("risk").max().alias("hi"),
+                                         pl.len().alias("n"))
+    band = {r["band"]: r for r in by_band.iter_rows(named=True)}
+    assert band["high"]["lo"] >= band["medium"]["hi"] >= band["medium"]["lo"] >= band["low"]["hi"]
+    # Cut at the training top 1 % / 5 %: the held-out shares are near, not far from, those.
+    assert band["high"]["n"] / scores.height < 0.05
+    assert (band["high"]["n"] + band["medium"]["n"]) / scores.height < 0.15
+
+
+def test_fraud_ranks_above_normal_claims(scores, exported):
+    labels = Labels.from_dataset(Dataset(exported["dataset"]))
+    y = labels.target("claim", scores["claim_id"]).to_numpy()
+    risk = scores["risk"].to_numpy()
+    assert risk[y == 1].mean() > 3 * risk[y == 0].mean()
+    high = scores.filter(pl.col("band") == "high")
+    assert high["reasons"].list.len().min() >= 1  # every alert says why
+
+
+def test_order_of_input_claims_is_kept(pipeline, holdout):
+    claims, lines = holdout
+    sample = claims.head(60).sample(fraction=1.0, shuffle=True, seed=5)
+    out = pipeline.score(sample, lines.join(sample.select("claim_id"), on="claim_id", how="semi"))
+    assert out["claim_id"].to_list() == sample["claim_id"].to_list()
+
+
+def test_scoring_is_deterministic_and_round_trips(pipeline, holdout, tmp_path):
+    claims, lines = holdout
+    claims = claims.head(200)
+    first = pipeline.score(claims, lines)
+    assert pipeline.score(claims, lines).equals(first)
+    pipeline.save(tmp_path / "copy")
+    again = ScoringPipeline.load(tmp_path / "copy").score(claims, lines)
+    assert again.equals(first)
+    with pytest.raises(FileExistsError):
+        pipeline.save(tmp_path / "copy")
+
+
+def test_unknown_patient_is_an_input_error(pipeline, holdout):
+    claims, lines = holdout
+    bad = claims.head(2).with_columns(pl.lit("P_NOBODY").alias("patient_id"))
+    with pytest.raises(InputError, match="unknown patient_id P_NOBODY"):
+        pipeline.score(bad, lines)
+
+
+def test_claim_without_lines_is_an_input_error(pipeline, holdout):
+    claims, lines = holdout
+    with pytest.raises(InputError, match="no lines"):
+        pipeline.score(claims.head(3), lines.filter(pl.col("claim_id") == claims["claim_id"][0]))
+
+
+def test_history_claim_can_be_rescored(pipeline, exported):
+    ds = Dataset(exported["dataset"])
+    claims = ds.scan("claims").filter(pl.col("service_date") < pl.date(2024, 2, 1)).head(5).collect()
+    lines = ds.scan("claim_lines").join(claims.lazy().select("claim_id"), on="claim_id", how="semi").collect()
+    out = pipeline.score(claims, lines)
+    assert out["claim_id"].to_list() == claims["claim_id"].to_list()
+    assert np.isfinite(out["risk"].to_numpy()).all()
+
+
+def test_single_claim_scores_like_in_a_batch_of_unrelated_claims(pipeline, holdout):
+    claims, lines = holdout
+    one = claims.head(1)
+    others = claims.filter((pl.col("patient_id") != one["patient_id"][0])
+                           & (pl.col("doctor_id") != one["doctor_id"][0])).head(30)
+    alone = pipeline.score(one, lines)
+    together = pipeline.score(pl.concat([others, one]), lines).filter(pl.col("claim_id") == one["claim_id"][0])
+    assert together["risk"][0] == pytest.approx(alone["risk"][0], abs=1e-12)
+
+
+@pytest.mark.parametrize("when", ["holdout", "history"])
+def test_rules_on_the_batch_history_give_the_full_history_hits(pipeline, holdout, exported, when):
+    """Pruning the rule history to the batch's patients, doctors and DRG diagnoses is exact."""
+    from medfraud.rules import evaluate_tables
+
+    if when == "holdout":
+        claims, lines = holdout
+    else:  # re-scoring claims that are also in the snapshot's history
+        ds = Dataset(exported["dataset"])
+        claims = ds.scan("claims").filter(pl.col("service_date").is_between(
+            pl.date(2024, 3, 1), pl.date(2024, 3, 31))).collect()
+        lines = ds.read("claim_lines").join(claims.select("claim_id"), on="claim_id", how="semi")
+
+    def hits(batch: pl.DataFrame, prune: bool) -> pl.DataFrame:
+        batch_lines = lines.join(batch.select("claim_id"), on="claim_id", how="semi")
+        window = (batch["service_date"].min(), batch["service_date"].max())
+        out = evaluate_tables(pipeline.rule_tables(batch, batch_lines, prune=prune), pipeline.catalogue,
+                              window, missing="skip")
+        return out.join(batch.select(pl.col("claim_id").alias("id")), on="id", how="semi").sort("rule_id", "id")
+
+    # A small batch (few patients and doctors, so most history is pruned) holding hit claims.
+    hit_ids = hits(claims, prune=False)["id"].unique(maintain_order=True).head(3)
+    batch = pl.concat([claims.filter(pl.col("claim_id").is_in(hit_ids.implode())),
+                       claims.filter(~pl.col("claim_id").is_in(hit_ids.implode())).head(2)])
+    kept = pipeline.rule_tables(batch, lines, prune=True)["claims"].select(pl.len()).collect().item()
+    assert kept < pipeline.context["claims"].height / 2
+    full = hits(batch, prune=False)
+    assert full.height >= 3
+    assert hits(batch, prune=True).equals(full)

@@ -1,0 +1,195 @@
+"""The REST service: /health, /version, /score and every bad-request case (4xx, no crash)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+
+from medfraud.export.model_io import ModelInfo, load_pipeline
+from medfraud.serve.app import create_app
+from tests.export.factory import holdout_frames
+
+
+@pytest.fixture(scope="module")
+def app(exported):
+    # A pipeline of its own: the app switches its detectors to explain every claim.
+    pipeline, _ = load_pipeline(exported["model_dir"])
+    info = ModelInfo(exported["name"], exported["version"], str(exported["model_dir"]),
+                     exported["model_dir"], pipeline.data_digest)
+    return create_app(pipeline, info)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def claims_json(exported):
+    """Held-out claims as /score request items (lines nested), JSON-ready."""
+    claims, lines = holdout_frames(exported["dataset"])
+    nested = lines.group_by("claim_id", maintain_order=True).agg(
+        pl.struct(pl.exclude("claim_id")).alias("lines"))
+    frame = claims.join(nested, on="claim_id", how="inner", maintain_order="left")
+    return json.loads(frame.head(120).write_json())
+
+
+def _ok_health(client):
+    r = client.get("/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def _error_fields(response) -> list[str]:
+    return [e["field"] for e in response.json()["errors"]]
+
+
+def test_health_and_version(client, exported, pipeline):
+    _ok_health(client)
+    v = client.get("/version").json()
+    assert v["model"] == exported["name"] and v["version"] == exported["version"]
+    assert v["data_digest"] == pipeline.data_digest
+    assert "lightgbm@claim" in v["detectors"]
+
+
+def test_score_one_and_many(client, claims_json, pipeline, exported):
+    one = client.post("/score", json={"claims": claims_json[:1]})
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["model"] == exported["name"] and len(body["scores"]) == 1
+    first = body["scores"][0]
+    assert first["claim_id"] == claims_json[0]["claim_id"] and 0 <= first["risk"] <= 1
+    assert first["band"] in ("low", "medium", "high") and isinstance(first["reasons"], list)
+    many = client.post("/score", json={"claims": claims_json[:25]})
+    assert [s["claim_id"] for s in many.json()["scores"]] == [c["claim_id"] for c in claims_json[:25]]
+    # Same scores as the pipeline called directly.
+    claims, lines = holdout_frames(exported["dataset"])
+    direct = pipeline.score(claims.head(25), lines)
+    assert [s["risk"] for s in many.json()["scores"]] == pytest.approx(direct["risk"].to_list(), abs=1e-9)
+
+
+def _with(claim: dict, **changes) -> dict:
+    out = json.loads(json.dumps(claim))
+    out.update(changes)
+    return out
+
+
+@pytest.mark.parametrize("case", [
+    "malformed_json", "missing_field", "mistyped_field", "unknown_field", "negative_money",
+    "bad_setting", "no_lines", "empty_claims", "unknown_patient", "unknown_doctor",
+    "unknown_facility", "unknown_drug", "amounts_do_not_add_up", "duplicate_claim_ids",
+    "line_mistyped", "not_an_object",
+])
+def test_bad_requests_get_4xx_naming_the_field(client, claims_json, case):
+    claim = claims_json[0]
+    line0 = claim["lines"][0]
+    drug_index = next(i for i, l in enumerate(claim["lines"]) if l["item_type"] == "drug")
+    expected_field = {
+        "missing_field": "claims[0].patient_id", "mistyped_field": "claims[0].total_amount",
+        "unknown_field": "claims[0].favourite_colour", "negative_money": "claims[0].fund_paid",
+        "bad_setting": "claims[0].setting", "no_lines": "claims[0].lines", "empty_claims": "claims",
+        "unknown_patient": "claims[0].patient_id", "unknown_doctor": "claims[0].doctor_id",
+        "unknown_facility": "claims[0].facility_id",
+        "unknown_drug": f"claims[0].lines[{drug_index}].item_code",
+        "amounts_do_not_add_up": "claims[0].fund_paid", "duplicate_claim_ids": "claims",
+        "line_mistyped": "claims[0].lines[0].quantity", "malformed_json": "body",
+        "not_an_object": "body",
+    }[case]
+    if case == "malformed_json":
+        r = client.post("/score", content=b'{"claims": [', headers={"content-type": "application/json"})
+    elif case == "not_an_object":
+        r = client.post("/score", json=[1, 2, 3])
+    else:
+        if case == "missing_field":
+            body_claim = {k: v for k, v in claim.items() if k != "patient_id"}
+        elif case == "mistyped_field":
+            body_claim = _with(claim, total_amount="a lot")
+        elif case == "unknown_field":
+            body_claim = _with(claim, favourite_colour="red")
+        elif case == "negative_money":
+            body_claim = _with(claim, fund_paid=-1.0)
+        elif case == "bad_setting":
+            body_claim = _with(claim, setting="spa")
+        elif case == "no_lines":
+            body_claim = _with(claim, lines=[])
+        elif case == "unknown_patient":
+            body_claim = _with(claim, patient_id="P_GHOST")
+        elif case == "unknown_doctor":
+            body_claim = _with(claim, doctor_id="D_GHOST")
+        elif case == "unknown_facility":
+            body_claim = _with(claim, facility_id="F_GHOST")
+        elif case == "unknown_drug":
+            lines = json.loads(json.dumps(claim["lines"]))
+            lines[drug_index]["item_code"] = "X_GHOST"
+            body_claim = _with(claim, lines=lines)
+        elif case == "amounts_do_not_add_up":
+            body_claim = _with(claim, fund_paid=claim["fund_paid"] + 100.0)
+        elif case == "line_mistyped":
+            body_claim = _with(claim, lines=[{**line0, "quantity": "many"}])
+        else:
+            body_claim = claim
+        claims = [] if case == "empty_claims" else [body_claim]
+        if case == "duplicate_claim_ids":
+            claims = [claim, claim]
+        r = client.post("/score", json={"claims": claims})
+    assert r.status_code == 422, (case, r.status_code, r.text)
+    assert expected_field in _error_fields(r), (case, r.json())
+    assert expected_field in r.json()["detail"] or case in ("malformed_json",)
+    _ok_health(client)
+
+
+def test_too_many_claims(client, claims_json):
+    r = client.post("/score", json={"claims": claims_json[:101]})
+    assert r.status_code == 422 and "claims" in _error_fields(r)
+    assert "at most 100" in r.text or "limit is 100" in r.text
+    _ok_health(client)
+
+
+def test_oversized_body_is_rejected_before_parsing(client, claims_json):
+    big = json.dumps({"claims": claims_json[:1], "padding": "x" * 1_100_000}).encode()
+    r = client.post("/score", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and _error_fields(r) == ["body"]
+    # A body streamed without Content-Length is counted as it arrives.
+    def chunks():
+        for _ in range(12):
+            yield b" " * 100_000
+    r = client.post("/score", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    _ok_health(client)
+
+
+def test_unknown_route_and_method(client):
+    assert client.get("/score").status_code == 405
+    assert client.get("/nope").status_code == 404
+    _ok_health(client)
+
+
+def test_concurrent_requests_are_batched_without_crosstalk(app, claims_json):
+    """Requests scored together give the same scores as alone (no shared patient/doctor)."""
+    alone = {}
+    with TestClient(app) as c:
+        for claim in claims_json[:8]:
+            alone[claim["claim_id"]] = c.post("/score", json={"claims": [claim]}).json()["scores"][0]
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            batcher_started = app.router.lifespan_context(app)
+            async with batcher_started:
+                responses = await asyncio.gather(*[ac.post("/score", json={"claims": [c]})
+                                                   for c in claims_json[:8] * 3])
+        return responses
+
+    app.state.batcher.largest_batch = 0
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    assert app.state.batcher.largest_batch > 1  # requests really were scored together
+    for r in responses:
+        s = r.json()["scores"][0]
+        assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
+        assert s["reasons"] == alone[s["claim_id"]]["reasons"]
