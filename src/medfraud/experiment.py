@@ -278,8 +278,11 @@ def evaluate_detector(scores_by_level: dict[str, pl.DataFrame], labels: Labels,
         out.update(evaluate_scores(scores, level, labels, in_scope[level], typologies=typologies,
                                    budgets=tuple(budgets), amounts=amounts.get(level)))
         ids = in_scope[level].alias(LEVEL_ID[level])
+        any_fraud = labels.target(level, ids, None)
         for typology in (ALL, *typologies):
             target = labels.target(level, ids, None if typology == ALL else typology)
+            if typology != ALL:  # same scope as evaluate_scores: other typologies left out
+                target = target.filter((target == 1) | (any_fraud == 0))
             out[f"{level}.{typology}.prevalence"] = float(target.mean()) if len(target) else float("nan")
     return out
 
