@@ -22,7 +22,7 @@ def _root() -> None:
 
 
 # Command name -> module under medfraud.commands holding ``command``.
-COMMANDS = ["generate", "validate", "rules", "run", "compare", "export", "score", "serve"]
+COMMANDS = ["generate", "validate", "rules", "run", "compare", "export", "score", "serve", "extract"]
 
 for _name in COMMANDS:
     if importlib.util.find_spec(f"medfraud.commands.{_name}") is None:
