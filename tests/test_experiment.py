@@ -327,7 +327,7 @@ def test_sweep_points_are_tagged_children_with_identical_keys(quickstart_run, tm
     uri = f"sqlite:///{tmp_path / 'sweep.db'}"
     config = load_experiment(REPO / "experiments/quickstart.yaml", [
         "dataset.preset=tiny", f"dataset.camouflage={CAMOUFLAGE}", f"dataset.path={folder / 'tiny'}",
-        f"tracking.uri={uri}", "features.levels=[claim, doctor]", "tracking.plots=false",
+        f"tracking.uri={uri}", "features.levels=[claim, doctor]",
         "detectors={rules: {family: rules}}", "sweep={detectors.rules.params.base: [0.5, 2.0]}"])
     steps = []
     result = run_experiment(config, progress=lambda msg, done, total: steps.append((msg, done, total)))
@@ -343,3 +343,5 @@ def test_sweep_points_are_tagged_children_with_identical_keys(quickstart_run, tm
     assert {k.split(".")[1] for k in runs[0].data.metrics} == {"claim", "doctor"}
     table = compare_runs("quickstart", "auprc", uri=uri)
     assert {"rules[base=0.5]", "rules[base=2.0]"} <= set(table.columns)
+    parent_artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
+    assert "plots/sweep_base.png" in parent_artifacts

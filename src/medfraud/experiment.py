@@ -342,7 +342,24 @@ def run_experiment(config: ExperimentConfig, *, progress: ProgressFn | None = No
             children.update(runs)
         metrics = pl.concat(tables, how="diagonal_relaxed")
         parent.log_frame(metrics, "metrics/metrics_table.parquet")
+        if config.tracking.plots and len(points) > 1 and len(points[0]) == 1:
+            _log_sweep_plot(parent, metrics, points)
     return ExperimentResult(metrics, parent.run_id, children, config)
+
+
+def _log_sweep_plot(parent: tracking.TrackedRun, metrics: pl.DataFrame,
+                    points: list[dict[str, Any]]) -> None:
+    """AUPRC against the swept value per typology and detector (``plots/sweep_<key>.png``)."""
+    from medfraud.evaluate import plots
+
+    (key,) = points[0]
+    try:
+        x_values = {_point_label(p): float(p[key]) for p in points}
+    except (TypeError, ValueError):
+        return  # a non-numeric sweep has no curve
+    name = key.rsplit(".", 1)[-1]
+    parent.log_figure(plots.plot_sweep(metrics, x_values, name, TYPOLOGY_LEVEL),
+                      f"plots/sweep_{name}.png")
 
 
 def _run_point(config: ExperimentConfig, point: dict[str, Any], label: str, bar: _Progress,

@@ -34,3 +34,19 @@ def test_histogram_splits_classes(tmp_path):
 def test_no_path_writes_nothing(tmp_path):
     plot_roc_curves(scores_frame(np.arange(10)), "claim", LABELS, pl.Series(IDS))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_plot_draws_one_panel_per_typology(tmp_path):
+    import polars as pl
+
+    from medfraud.evaluate.plots import plot_sweep
+
+    metrics = pl.DataFrame({
+        "point": ["c=0", "c=0.5", "c=0", "c=0.5"], "detector": ["a", "a", "b", "b"],
+        "level": ["claim"] * 4, "typology": ["upcoding"] * 4, "auprc": [0.9, 0.5, 0.4, 0.3]})
+    fig = plot_sweep(metrics, {"c=0": 0.0, "c=0.5": 0.5}, "c", {"upcoding": "claim", "ghost_bed": "claim"},
+                     path=tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    first = fig.axes[0]
+    assert [tuple(line.get_ydata()) for line in first.get_lines()] == [(0.9, 0.5), (0.4, 0.3)]
+    assert not fig.axes[1].get_lines()
