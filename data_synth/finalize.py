@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from data_synth.shard import STREAM_AUDIT, Shard
+from data_synth.shard import CLAIM_BLOCK, STREAM_AUDIT, Shard
 from data_synth.world import World
 
 # Share of the reimbursable amount the fund pays, by (employee?, setting).
@@ -44,17 +44,19 @@ def _gather(values: np.ndarray | pl.Series, index: pl.Series) -> pl.Series:
 def patients_table(shard: Shard) -> pl.DataFrame:
     w = shard.world
     death = np.where(shard.death_day < w.n_days, shard.death_day, np.iinfo(np.int32).min)
+    # Strings are made by polars from integer codes (numpy unicode arrays convert slowly).
     frame = pl.DataFrame({"pat": shard.pat_index, "birth": shard.birth_day, "death": death,
-                          "sex": np.where(shard.sex == 1, "F", "M"),
-                          "region": w.region_codes[shard.region],
-                          "insurance_type": np.where(shard.employee, "employee", "resident"),
-                          "chronic": shard.chronic})
+                          "female": shard.sex == 1, "region_index": shard.region,
+                          "employee": shard.employee, "chronic": shard.chronic})
     return frame.select(
-        patient_ids(pl.col("pat")).alias("patient_id"), "sex",
+        patient_ids(pl.col("pat")).alias("patient_id"),
+        pl.when(pl.col("female")).then(pl.lit("F")).otherwise(pl.lit("M")).alias("sex"),
         _days_to_date(w, pl.col("birth")).alias("birth_date"),
         pl.when(pl.col("death") > np.iinfo(np.int32).min)
         .then(_days_to_date(w, pl.col("death"))).otherwise(None).alias("death_date"),
-        "region", "insurance_type", "chronic",
+        _gather(w.region_codes, frame["region_index"]).alias("region"),
+        pl.when(pl.col("employee")).then(pl.lit("employee")).otherwise(pl.lit("resident")).alias("insurance_type"),
+        "chronic",
     ).sort("patient_id")
 
 
@@ -76,10 +78,19 @@ def shard_tables(shard: Shard) -> dict[str, pl.DataFrame]:
     # Lines are grouped by claim: per-claim sums are segment sums over `starts`.
     claims = shard.claims.sort("claim_no")
     claims_no = claims["claim_no"].to_numpy()
+    # Dense look-up: local claim number -> row of the sorted claims (claim numbers of a
+    # shard are base + 0 … next_local - 1), cheaper than binary searches per line.
+    base = shard.index * CLAIM_BLOCK
+    claim_row = np.full(shard.next_local, -1, np.int64)
+    claim_row[claims_no - base] = np.arange(len(claims_no))
+    line_claim = claim_row[claim_no - base]
+    if (line_claim < 0).any():
+        raise ValueError(f"shard {shard.index}: {int((line_claim < 0).sum())} claim line(s) belong to no claim, "
+                         f"e.g. claim_no {int(claim_no[line_claim < 0][0])}")
     total = np.zeros(len(claims_no))
     reimbursable = np.zeros(len(claims_no))
     if len(claim_no):
-        pos = np.searchsorted(claims_no, claim_no[starts])
+        pos = line_claim[starts]
         total[pos] = np.add.reduceat(amount, starts)
         reimbursable[pos] = np.add.reduceat(amount * w.item_reimbursable[item_np], starts)
     claims = claims.with_columns(pl.Series("total", total), pl.Series("reimbursable", reimbursable))
@@ -118,19 +129,24 @@ def shard_tables(shard: Shard) -> dict[str, pl.DataFrame]:
         "cross_region",
         _timestamp(w, settle_day, pl.col("settle_sec")).alias("settled_at"),
     )
-    # Lines are sorted by claim like claims_out, and every claim has lines: gather its id.
-    line_claim = np.searchsorted(claims["claim_no"].to_numpy(), claim_no)
+    # Lines are sorted by claim like claims_out: gather each line's claim id.
     lines = lines.with_columns(claims_out["claim_id"].gather(line_claim).alias("claim_id"))
     lines_out = lines.select("claim_id", "line_no", "item_type",
                              "item_code", "quantity", "days_supply", "unit_price", "amount")
-    rx = shard.rx.join(shard.claims.select("claim_no", "pat", "doc", "ph", "day"), on="claim_no",
-                       how="inner").sort("claim_no")
+    # Prescriptions of claims a typology removed are dropped (the old inner join).
+    rx_row = claim_row[shard.rx["claim_no"].to_numpy() - base]
+    keep = np.flatnonzero(rx_row >= 0)
+    keep = keep[np.argsort(rx_row[keep], kind="stable")]
+    rx_claim = pl.Series(rx_row[keep])
+    rx = pl.concat([shard.rx[keep].drop("claim_no"),
+                    claims.select("claim_no", "day")[rx_claim]], how="horizontal")
+    # Ids of the prescription's pharmacy claim are gathered, not rebuilt.
     rx_out = rx.select(
         pl.concat_str([pl.lit("RX"), pl.col("claim_no").cast(pl.String).str.zfill(12)]).alias("rx_id"),
-        claim_ids(pl.col("claim_no")).alias("claim_id"),
-        _gather(w.doctor_ids, rx["doc"]).alias("doctor_id"),
-        patient_ids(pl.col("pat")).alias("patient_id"),
-        _gather(w.pharmacy_ids, rx["ph"]).alias("pharmacy_id"),
+        claims_out["claim_id"].gather(rx_claim),
+        claims_out["doctor_id"].gather(rx_claim),
+        claims_out["patient_id"].gather(rx_claim),
+        claims_out["pharmacy_id"].gather(rx_claim),
         _timestamp(w, pl.col("day"), pl.col("issued_sec")).alias("issued_at"),
         _timestamp(w, pl.col("day"), pl.col("issued_sec") + pl.col("fill_delay_sec")).alias("filled_at"),
         "channel",
@@ -187,7 +203,9 @@ def purchases_table(shard: Shard, item: np.ndarray, quantity: np.ndarray, line_p
         for name in columns:
             columns[name].append(extra[name].to_numpy())
     cols = {name: np.concatenate(parts) for name, parts in columns.items()}
-    order = np.lexsort((cols["quantity"], cols["day"], cols["item"], cols["ph"]))
+    # One composite integer key (pharmacy, item, day) plus quantity: a 2-key lexsort.
+    place = (cols["ph"].astype(np.int64) * n_items + cols["item"]) * (w.n_days + 1) + cols["day"]
+    order = np.lexsort((cols["quantity"], place))
     cols = {name: values[order] for name, values in cols.items()}
     return pl.DataFrame({
         "pharmacy_id": w.pharmacy_ids.gather(cols["ph"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,12 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False,
              progress: Callable[[int, int], None] | None = None) -> Path:
     """Generate a dataset for ``config`` into ``out`` atomically and return ``out``.
 
+    Shards run as a two-stage pipeline: the calling thread simulates shard ``k + 1`` while
+    one background thread turns shard ``k`` into contract tables and writes them (numpy
+    and polars release the GIL for most of that work).  At most two shards are alive at
+    once, and every Parquet part is written by that single thread in a fixed order, so the
+    output, and the digest, do not depend on thread timing.
+
     Parameters
     ----------
     config : validated scenario (see :func:`data_synth.load_config`).
@@ -59,39 +66,23 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False,
     refresh_duty(world)
     layout = shard_layout(config)
     total_steps = len(layout) + 1
-    doctor_spend = np.zeros(world.n_doctors)
-    pharmacy_spend = np.zeros(world.n_pharmacies)
-    with DatasetWriter(out, overwrite=overwrite) as writer:
-        writer.write("facilities", facilities_frame(world))
-        writer.write("doctors", doctors_frame(world))
-        writer.write("pharmacies", pharmacies_frame(world))
-        writer.write("drugs", drugs_frame(world))
-        writer.write("duty_roster", duty_roster_frame(world))
-        writer.write("pharmacy_purchases",
-                     opening_stock(world, np.random.default_rng([config.seed, STREAM_OPENING]),
-                                   opening_exclusions(world)))
-        if progress:
-            progress(1, total_steps)
+    spend = {"doctor": np.zeros(world.n_doctors), "pharmacy": np.zeros(world.n_pharmacies)}
+    with DatasetWriter(out, overwrite=overwrite) as writer, ThreadPoolExecutor(1) as background:
+        world_written = background.submit(_write_world, writer, world)
+        pending: Future | None = None
         for index, (first, count) in enumerate(layout):          # loop over shards
             shard = make_shard(world, index, first, count)
             generate_normal(shard)
             for k, (name, module) in enumerate(MODULES.items()):  # loop over typologies
                 module.inject(shard, config.typologies[name], shard.rng(STREAM_TYPOLOGY_BASE + k))
-            tables = shard_tables(shard)
-            internal = tables.pop("_claims_internal")
-            labels = tables.pop("_labels_internal")
-            for table, frame in tables.items():
-                writer.write(table, frame)
-            writer.write("audited", pl.concat([claim_audits(shard, internal, labels),
-                                               _patient_audits(shard, internal, tables)]))
-            doctor_spend += np.bincount(internal["doc"].to_numpy(), internal["total"].to_numpy(),
-                                        minlength=world.n_doctors)
-            ph = internal.filter(pl.col("ph") >= 0)
-            pharmacy_spend += np.bincount(ph["ph"].to_numpy(), ph["total"].to_numpy(),
-                                          minlength=world.n_pharmacies)
-            del shard, tables, internal, labels
-            if progress:
-                progress(index + 2, total_steps)
+            # Wait for the previous shard before queueing this one: bounds memory to two shards.
+            if pending is None:
+                _wait(world_written, progress, 1, total_steps)
+            else:
+                _wait(pending, progress, index + 1, total_steps)
+            pending = background.submit(_finish_shard, writer, shard, spend)
+            del shard
+        _wait(pending, progress, total_steps, total_steps)
         world_labels = [f for name, module in MODULES.items()
                         if (f := module.world_entities(world, config.typologies[name])) is not None]
         world_frame = (pl.concat([f.cast({"ring_id": pl.String}) for f in world_labels]) if world_labels
@@ -100,9 +91,50 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False,
         world_frame = world_frame.unique(subset=["entity_type", "entity_id", "typology"], keep="first") \
             .sort(["entity_type", "entity_id", "typology"])
         writer.write("labels_entities", world_frame)
-        writer.write("audited", _world_audits(world, world_frame, doctor_spend, pharmacy_spend))
+        writer.write("audited", _world_audits(world, world_frame, spend["doctor"], spend["pharmacy"]))
         return writer.finish(seed=config.seed, config=config_summary(config),
                              generator_version=GENERATOR_VERSION, extra={"shards": len(layout)})
+
+
+def _wait(future: Future, progress: Callable[[int, int], None] | None, done: int, total: int) -> None:
+    """Block until ``future`` is done (re-raising its error), then report ``done`` steps."""
+    future.result()
+    if progress:
+        progress(done, total)
+
+
+def _write_world(writer: DatasetWriter, world) -> None:
+    """Registry tables, duty roster and opening stock (the first part of each)."""
+    config = world.config
+    writer.write("facilities", facilities_frame(world))
+    writer.write("doctors", doctors_frame(world))
+    writer.write("pharmacies", pharmacies_frame(world))
+    writer.write("drugs", drugs_frame(world))
+    writer.write("duty_roster", duty_roster_frame(world))
+    writer.write("pharmacy_purchases",
+                 opening_stock(world, np.random.default_rng([config.seed, STREAM_OPENING]),
+                               opening_exclusions(world)))
+
+
+def _finish_shard(writer: DatasetWriter, shard, spend: dict[str, np.ndarray]) -> None:
+    """Convert one simulated shard to contract tables, write them and add its spend.
+
+    Runs on the background thread; ``spend`` (doctor and pharmacy totals, yuan) is only
+    touched here until the main thread has waited for the last shard.
+    """
+    world = shard.world
+    tables = shard_tables(shard)
+    internal = tables.pop("_claims_internal")
+    labels = tables.pop("_labels_internal")
+    for table, frame in tables.items():
+        writer.write(table, frame)
+    writer.write("audited", pl.concat([claim_audits(shard, internal, labels),
+                                       _patient_audits(shard, internal, tables)]))
+    spend["doctor"] += np.bincount(internal["doc"].to_numpy(), internal["total"].to_numpy(),
+                                   minlength=world.n_doctors)
+    ph = internal.filter(pl.col("ph") >= 0)
+    spend["pharmacy"] += np.bincount(ph["ph"].to_numpy(), ph["total"].to_numpy(),
+                                     minlength=world.n_pharmacies)
 
 
 def _camouflage_of(world, typology: pl.Series) -> np.ndarray:

@@ -127,7 +127,8 @@ def _outpatient(shard: Shard, rng: np.random.Generator):
     f = flowed
     ph_claims, ph_lines, rx = _flowed_pharmacy_claims(shard, rng, local[f], doc[f], fac[f], day[f],
                                                       diag[f], "flowed", w.acute_drugs)
-    return (pl.concat([claims, ph_claims]), pl.concat([*lines, ph_lines]).sort("claim_no", maintain_order=True),
+    # Lines stay grouped by kind, not by claim: finalize sorts them stably by claim once.
+    return (pl.concat([claims, ph_claims]), pl.concat([*lines, ph_lines]),
             rx)
 
 
@@ -173,7 +174,7 @@ def _chronic_refills(shard: Shard, rng: np.random.Generator):
                           "quantity": daily[row] * supply[row], "days_supply": supply[row],
                           "unit_price": w.item_price[drug[row]]})
     lines = pl.concat([lines.cast(LINE_SCHEMA), consult_lines(shard, nos[~pharm]).cast(LINE_SCHEMA)])
-    return claims, lines.sort("claim_no", maintain_order=True), rx_frame(nos[pharm], "flowed", rng)
+    return claims, lines, rx_frame(nos[pharm], "flowed", rng)
 
 
 def _online(shard: Shard, rng: np.random.Generator):

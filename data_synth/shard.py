@@ -128,9 +128,21 @@ class Shard:
             return np.empty(0, np.int64)
         return np.unique(np.concatenate([f["claim_no"].to_numpy() for f in self.labels]))
 
+    def _labelled_local(self) -> np.ndarray:
+        """(next_local,) bool over local claim numbers: True where a typology labelled the claim.
+
+        A dense table indexed by ``claim_no - index × CLAIM_BLOCK`` replaces ``np.isin``
+        (a sort of the million claim numbers per call).
+        """
+        flags = np.zeros(self.next_local, bool)
+        base = self.index * CLAIM_BLOCK
+        for frame in self.labels:
+            flags[frame["claim_no"].to_numpy() - base] = True
+        return flags
+
     def honest_mask(self) -> np.ndarray:
         """(claims,) True for claims no typology has labelled yet."""
-        return ~np.isin(self.claims["claim_no"].to_numpy(), self.fraud_claim_nos())
+        return ~self._labelled_local()[self.claims["claim_no"].to_numpy() - self.index * CLAIM_BLOCK]
 
     def first_lines(self, item_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row index (into ``lines``) of the first line per honest claim whose item passes ``item_ok``.
@@ -138,18 +150,28 @@ class Shard:
         ``item_ok`` is a bool array over the item catalogue.  Returns (rows, claim_nos), both
         sorted by claim number.
         """
-        claim_no = self.lines["claim_no"].to_numpy()
-        ok = item_ok[self.lines["item"].to_numpy()]
-        honest = self.claims["claim_no"].to_numpy()[self.honest_mask()]
+        base = self.index * CLAIM_BLOCK
+        local = self.lines["claim_no"].to_numpy() - base
+        present = np.zeros(self.next_local, bool)          # claims removed by a typology have no row
+        present[self.claims["claim_no"].to_numpy() - base] = True
+        ok = item_ok[self.lines["item"].to_numpy()] & present[local] & ~self._labelled_local()[local]
         rows = np.flatnonzero(ok)
-        rows = rows[np.isin(claim_no[rows], honest)]
-        nos, first = np.unique(claim_no[rows], return_index=True)
-        return rows[first], nos
+        # Stable sort by claim keeps the first line of each claim first in its run.
+        order = np.argsort(local[rows], kind="stable")
+        rows, sorted_local = rows[order], local[rows][order]
+        first = np.r_[True, sorted_local[1:] != sorted_local[:-1]] if len(rows) else np.zeros(0, bool)
+        return rows[first], sorted_local[first] + base
 
     def claim_columns(self, claim_nos: np.ndarray, columns: list[str]) -> pl.DataFrame:
-        """Rows of ``claims`` for the given claim numbers, in that order."""
-        return pl.DataFrame({"claim_no": claim_nos}).join(self.claims.select(["claim_no", *columns]),
-                                                          on="claim_no", how="left", maintain_order="left")
+        """Rows of ``claims`` for the given claim numbers, in that order (all must exist)."""
+        base = self.index * CLAIM_BLOCK
+        position = np.full(self.next_local, -1, np.int64)
+        position[self.claims["claim_no"].to_numpy() - base] = np.arange(self.claims.height)
+        rows = position[np.asarray(claim_nos, np.int64) - base]
+        if (rows < 0).any():
+            raise KeyError(f"shard {self.index}: claim_columns got claim numbers that are not in claims, "
+                           f"e.g. {int(np.asarray(claim_nos)[rows < 0][0])}")
+        return self.claims.select(["claim_no", *columns])[rows]
 
     def set_line_values(self, rows: np.ndarray, **columns: np.ndarray) -> None:
         """Overwrite line cells at ``rows`` (positions in ``lines``) column by column."""
@@ -274,10 +296,14 @@ def _lines(claim_nos, item, quantity, days_supply, unit_price) -> pl.DataFrame:
 
 def first_of_pair(claim_index: np.ndarray, item: np.ndarray) -> np.ndarray:
     """Bool mask keeping the first row of every (claim, item) pair, in row order."""
-    order = np.lexsort((np.arange(len(item)), item, claim_index))
-    ci, it = claim_index[order], item[order]
+    if len(item) == 0:
+        return np.ones(0, bool)
+    # One composite key and a stable sort (ties keep row order) instead of a 3-key lexsort.
+    key = claim_index.astype(np.int64) * (int(item.max()) + 1) + item
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
     dup_sorted = np.zeros(len(order), bool)
-    dup_sorted[1:] = (ci[1:] == ci[:-1]) & (it[1:] == it[:-1])
+    dup_sorted[1:] = sorted_key[1:] == sorted_key[:-1]
     keep = np.ones(len(order), bool)
     keep[order[dup_sorted]] = False
     return keep
@@ -303,7 +329,8 @@ def inpatient_lines(shard: Shard, rng: np.random.Generator, claim_nos: np.ndarra
     mats = service_lines(shard, rng, claim_nos, rng.poisson(0.6, len(claim_nos)), w.material_items)
     drugs = drug_lines(shard, rng, claim_nos, local_pat, admit, level, 1 + rng.poisson(1.5, len(claim_nos)),
                        w.acute_drugs, days_choices=(3, 5, 7))
-    return pl.concat([beds, treat, exams, mats, drugs]).sort("claim_no", maintain_order=True)
+    # Not sorted by claim here: finalize sorts all lines stably by claim once.
+    return pl.concat([beds, treat, exams, mats, drugs])
 
 
 def claims_frame(claim_nos: np.ndarray, pat: np.ndarray, doc: np.ndarray, fac: np.ndarray, ph,

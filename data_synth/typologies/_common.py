@@ -57,7 +57,7 @@ def outpatient_visits(shard: Shard, rng: np.random.Generator, local: np.ndarray,
     lines = [consult_lines(shard, nos)]
     if exams:
         lines.append(service_lines(shard, rng, nos, 1 + rng.poisson(0.5, n), w.exam_items))
-    shard.append(claims, pl.concat(lines).sort("claim_no", maintain_order=True))
+    shard.append(claims, pl.concat(lines))
     return nos
 
 

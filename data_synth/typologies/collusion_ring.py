@@ -57,7 +57,10 @@ def inject(shard, cfg, rng) -> None:
         return
     w, camo = shard.world, cfg.camouflage
     cycles = split_counts(target // 2, len(rings))
-    for ring, n_cycles in zip(rings, cycles):                  # loop over rings
+    # Per ring: recruit patients and draw the sessions; the claims of all rings are then
+    # built in one batch (one polars frame per table instead of two per ring).
+    parts = []
+    for r, (ring, n_cycles) in enumerate(zip(rings, cycles)):   # loop over rings
         if n_cycles == 0:
             continue
         pool = alive_candidates(shard, ring["region"])
@@ -74,24 +77,29 @@ def inject(shard, cfg, rng) -> None:
         jitter = (rng.random(n_cycles) < camo) * rng.integers(0, 1 + int(6 * camo), n_cycles)
         day = shard.on_duty_day(doc, day + jitter)
         ok = day >= 0
-        local, doc, day = local[ok], doc[ok], day[ok]
-        n = len(local)
-        visit = outpatient_visits(shard, rng, local, doc, w.doc_fac[doc], day)
-        ph = np.full(n, ring["pharmacy"])
-        elsewhere = rng.random(n) < 0.5 * camo
-        ph = np.where(elsewhere, pick_in_group(rng, shard.region[local], w.ph_region_start,
-                                               w.ph_region_count), ph)
-        cheap = rng.random(n) < camo * 0.6
-        drug = np.where(cheap, w.safe_drugs[rng.integers(0, len(w.safe_drugs), n)],
-                        ring["drugs"][rng.integers(0, len(ring["drugs"]), n)])
-        days = np.full(n, 7)
-        daily = np.where(cheap, np.maximum(0.5, w.drug_max_daily[drug] / 2), w.drug_max_daily[drug])
-        sale = pharmacy_sales(shard, rng, local, doc, day, ph, drug, daily, days)
-        nos = np.concatenate([visit, sale])
-        shard.label(nos, NAME, ring["id"])
-        seen = np.unique(local)
-        shard.label_entities("patient", patient_id_series(shard, seen), NAME, ring["id"])
+        parts.append((np.full(ok.sum(), r), local[ok], doc[ok], day[ok]))
         ring.setdefault("active", True)
+    if not parts:
+        return
+    ring_of, local, doc, day = (np.concatenate(a) for a in zip(*parts))
+    n = len(local)
+    visit = outpatient_visits(shard, rng, local, doc, w.doc_fac[doc], day)
+    ring_pharmacy = np.array([ring["pharmacy"] for ring in rings])
+    ring_drugs = np.stack([ring["drugs"] for ring in rings])            # (rings, drugs per ring)
+    ph = ring_pharmacy[ring_of]
+    elsewhere = rng.random(n) < 0.5 * camo
+    ph = np.where(elsewhere, pick_in_group(rng, shard.region[local], w.ph_region_start,
+                                           w.ph_region_count), ph)
+    cheap = rng.random(n) < camo * 0.6
+    drug = np.where(cheap, w.safe_drugs[rng.integers(0, len(w.safe_drugs), n)],
+                    ring_drugs[ring_of, rng.integers(0, ring_drugs.shape[1], n)])
+    days = np.full(n, 7)
+    daily = np.where(cheap, np.maximum(0.5, w.drug_max_daily[drug] / 2), w.drug_max_daily[drug])
+    sale = pharmacy_sales(shard, rng, local, doc, day, ph, drug, daily, days)
+    ring_ids = np.array([ring["id"] for ring in rings])
+    shard.label(np.concatenate([visit, sale]), NAME, np.concatenate([ring_ids[ring_of], ring_ids[ring_of]]))
+    pairs = np.unique(np.stack([ring_of, local]), axis=1)               # (2, distinct ring patients)
+    shard.label_entities("patient", patient_id_series(shard, pairs[1]), NAME, ring_ids[pairs[0]])
 
 
 def world_entities(world, cfg) -> pl.DataFrame | None:

@@ -51,7 +51,7 @@ def inject(shard, cfg, rng) -> None:
     nos = shard.new_claim_nos(k)
     copies = pick.with_columns(pl.Series("claim_no_new", nos), pl.Series("day", day, dtype=pl.Int32),
                                pl.Series("fac", fac, dtype=pl.Int32))
-    lines = (shard.lines.join(copies.select("claim_no", "claim_no_new"), on="claim_no")
+    lines = (shard.lines.join(copies.select("claim_no", "claim_no_new"), on="claim_no", maintain_order="left")
              .with_columns(pl.col("claim_no_new").alias("claim_no")).select(list(LINE_SCHEMA)))
     shard.append(copies.with_columns(pl.col("claim_no_new").alias("claim_no")), lines)
     shard.label(nos, NAME)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from data_synth.shard import pick_in_group
 from data_synth.typologies._common import (
     alive_candidates, doctor_in_facility, pharmacy_sales, split_counts,
 )
@@ -45,36 +46,49 @@ def inject(shard, cfg, rng) -> None:
     if target <= 0 or len(state["pharmacies"]) == 0:
         return
     w, camo = shard.world, cfg.camouflage
-    counts = split_counts(target, len(state["pharmacies"]))
     cover = 0.8 * camo
-    all_nos = []
-    for i, (ph, drug, cheap, n) in enumerate(zip(state["pharmacies"], state["drugs"], state["cheap"],
-                                                 counts)):
-        pool = alive_candidates(shard, int(w.ph_region[ph]))
-        if n == 0 or len(pool) == 0:
-            continue
-        local = pool[rng.integers(0, len(pool), n)]
-        fac = shard.home_fac[local]
-        doc = doctor_in_facility(shard, rng, fac)
-        day = shard.on_duty_day(doc, shard.fraud_days(rng, n, cfg.drift))
-        ok = day >= 0
-        days = np.full(ok.sum(), 7)
-        daily = np.full(ok.sum(), w.drug_max_daily[drug])
-        nos = pharmacy_sales(shard, rng, local[ok], doc[ok], day[ok], np.full(ok.sum(), ph),
-                             np.full(ok.sum(), drug), daily, days)
-        qty = float((daily * days).sum())
-        month_day = w.month_start_day[w.month_of_day[day[ok]]]
-        first = int(month_day.min()) if len(month_day) else 0
-        purchases = [{"ph": int(ph), "item": int(cheap), "day": first, "quantity": float(np.ceil(qty)),
-                      "supplier": int(w.supplier_of_pharmacy[ph])}]
-        if cover > 0:
-            purchases.append({"ph": int(ph), "item": int(drug), "day": first,
-                              "quantity": float(np.floor(qty * cover)), "supplier": int(w.supplier_of_pharmacy[ph])})
-        shard.extra_purchases.append(pl.DataFrame(purchases))
-        all_nos.append(nos)
-        state["hit"][i] |= len(nos) > 0
-    if all_nos:
-        shard.label(np.concatenate(all_nos), NAME)
+    # All fraudulent pharmacies at once (there are hundreds at scale): buyers are alive
+    # patients of the pharmacy's region, drawn through region-sorted candidate slices.
+    pharmacies, drugs, cheap = state["pharmacies"], state["drugs"], state["cheap"]
+    counts = split_counts(target, len(pharmacies))
+    cand = alive_candidates(shard)
+    cand = cand[np.argsort(shard.region[cand], kind="stable")]
+    n_regions = len(w.region_codes)
+    pool_count = np.bincount(shard.region[cand], minlength=n_regions)
+    pool_start = np.concatenate([[0], np.cumsum(pool_count)[:-1]])
+    region = w.ph_region[pharmacies]
+    active = (counts > 0) & (pool_count[region] > 0)              # (pharmacies,)
+    which = np.repeat(np.flatnonzero(active), counts[active])     # pharmacy position of each sale
+    if len(which) == 0:
+        return
+    local = pick_in_group(rng, region[which], pool_start, pool_count, cand)
+    doc = doctor_in_facility(shard, rng, shard.home_fac[local])
+    day = shard.on_duty_day(doc, shard.fraud_days(rng, len(which), cfg.drift))
+    ok = day >= 0
+    which, local, doc, day = which[ok], local[ok], doc[ok], day[ok]
+    drug = drugs[which]
+    days = np.full(len(which), 7)
+    daily = w.drug_max_daily[drug].astype(np.float64)
+    nos = pharmacy_sales(shard, rng, local, doc, day, pharmacies[which], drug, daily, days)
+    # Purchases per active pharmacy: cheap goods for the whole quantity sold (on the first
+    # month with a sale, day 0 when none) and, camouflaged, part of the drug itself.
+    n_ph = len(pharmacies)
+    qty = np.bincount(which, weights=daily * days, minlength=n_ph)
+    month_day = w.month_start_day[w.month_of_day[day]]
+    first = np.full(n_ph, np.iinfo(np.int64).max)
+    np.minimum.at(first, which, month_day)
+    first = np.where(first == np.iinfo(np.int64).max, 0, first)
+    buyers = np.flatnonzero(active)
+    supplier = w.supplier_of_pharmacy[pharmacies[buyers]]
+    frames = [pl.DataFrame({"ph": pharmacies[buyers], "item": cheap[buyers], "day": first[buyers],
+                            "quantity": np.ceil(qty[buyers]), "supplier": supplier})]
+    if cover > 0:
+        frames.append(pl.DataFrame({"ph": pharmacies[buyers], "item": drugs[buyers], "day": first[buyers],
+                                    "quantity": np.floor(qty[buyers] * cover), "supplier": supplier}))
+    shard.extra_purchases.append(pl.concat(frames).cast({"ph": pl.Int64, "item": pl.Int64, "day": pl.Int64,
+                                                          "quantity": pl.Float64, "supplier": pl.Int64}))
+    state["hit"][np.unique(which)] = True
+    shard.label(nos, NAME)
 
 
 def world_entities(world, cfg):

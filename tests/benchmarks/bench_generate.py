@@ -8,7 +8,12 @@ children) is polled by a thread with psutil.  Results go to
 
 Targets: 10M claims end to end in ≤ 40 s with peak RSS ≤ 2 GiB; 2× claims ≤ 2.2× time.
 The "floor" is polars writing random frames with the row counts and columns of the
-claims and claim_lines tables (what any generator must at least pay to write Parquet).
+claims and claim_lines tables, with the Parquet settings of ``DatasetWriter`` (what any
+generator must at least pay to write Parquet).
+
+Wall time depends on what else runs on the machine, so each run also records the CPU
+seconds (user + system) of the child process: on a shared machine that is the figure to
+compare between versions.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -33,7 +39,7 @@ CORES = 2
 
 FLOOR_SCRIPT = r"""
 import sys, numpy as np, polars as pl
-from medfraud.dataset import conform
+from medfraud.dataset import PARQUET_OPTIONS, conform
 n_claims, n_lines, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = np.random.default_rng(0)
 chunk = 1_000_000
@@ -52,7 +58,7 @@ for part, start in enumerate(range(0, n_claims, chunk)):
         "self_paid": rng.random(n), "region": "REG" + ids.str.slice(10), "cross_region": rng.random(n) < 0.05,
         "settled_at": pl.Series(rng.integers(0, 10**15, n)).cast(pl.Datetime("us")),
     })
-    conform("claims", claims).write_parquet(f"{out}/claims-{part}.parquet", compression="zstd")
+    conform("claims", claims).write_parquet(f"{out}/claims-{part}.parquet", **PARQUET_OPTIONS)
     m = int(n * n_lines / n_claims)
     line_ids = "C" + pl.Series(np.sort(rng.integers(start, start + n, m))).cast(pl.String).str.zfill(12)
     lines = pl.DataFrame({
@@ -62,13 +68,14 @@ for part, start in enumerate(range(0, n_claims, chunk)):
         "quantity": rng.integers(1, 30, m).astype(float), "days_supply": rng.integers(1, 8, m).astype(np.int32),
         "unit_price": rng.random(m) * 100, "amount": rng.random(m) * 100,
     })
-    conform("claim_lines", lines).write_parquet(f"{out}/lines-{part}.parquet", compression="zstd")
+    conform("claim_lines", lines).write_parquet(f"{out}/lines-{part}.parquet", **PARQUET_OPTIONS)
 """
 
 
 def _measure(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run ``cmd`` pinned to CORES cores; return wall seconds and peak RSS (bytes, with children)."""
+    """Run ``cmd`` pinned to CORES cores; return wall seconds, CPU seconds and peak RSS (GiB, with children)."""
     pin = ["taskset", "-c", ",".join(str(c) for c in range(CORES))] if shutil.which("taskset") else []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(pin + cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0
@@ -91,9 +98,11 @@ def _measure(cmd: list[str], env: dict[str, str]) -> dict:
     done.set()
     thread.join()
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)      # the child was waited for: its CPU is in
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_gib": round(peak / 2**30, 3)}
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_gib": round(peak / 2**30, 3)}
 
 
 def run(claims_list: list[int], preset: str = "medium") -> dict:
@@ -116,15 +125,18 @@ def run(claims_list: list[int], preset: str = "medium") -> dict:
             floor = _measure([sys.executable, "-c", FLOOR_SCRIPT, str(rows["claims"]), str(rows["claim_lines"]),
                               str(floor_dir)], env)
             stats["floor_wall_s"], stats["floor_peak_rss_gib"] = floor["wall_s"], floor["peak_rss_gib"]
+            stats["floor_cpu_s"] = floor["cpu_s"]
             results["runs"].append(stats)
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(floor_dir, ignore_errors=True)
+    results["load_average_at_end"] = os.getloadavg()
     runs = sorted(results["runs"], key=lambda r: r["claims"])
     if len(runs) >= 2:
         small, big = runs[0], runs[-1]
         results["scaling"] = {
             "claims_ratio": round(big["claims"] / small["claims"], 2),
             "time_ratio": round(big["wall_s"] / small["wall_s"], 2),
+            "cpu_ratio": round(big["cpu_s"] / small["cpu_s"], 2),
             "rss_ratio": round(big["peak_rss_gib"] / max(small["peak_rss_gib"], 1e-9), 2),
         }
     biggest = runs[-1]
@@ -141,16 +153,19 @@ def write(results: dict) -> None:
     (RESULTS / "generate.json").write_text(json.dumps(results, indent=2))
     lines = ["# generate benchmark", "",
              f"{results['cores']} cores, preset `{results['preset']}` scaled with --claims; load average at "
-             f"start {tuple(round(x, 1) for x in results['load_average_at_start'])}.", "",
-             "| claims | lines | wall s | claims/s | peak RSS GiB | floor wall s | shards | size MiB |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"start {tuple(round(x, 1) for x in results['load_average_at_start'])}, at end "
+             f"{tuple(round(x, 1) for x in results.get('load_average_at_end', ()))} (1, 5, 15 min).", "",
+             "| claims | lines | wall s | CPU s | claims/s | peak RSS GiB | floor wall s | floor CPU s | shards "
+             "| size MiB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["runs"]:
-        lines.append(f"| {r['claims']:,} | {r['claim_lines']:,} | {r['wall_s']} | {r['claims_per_s']:,} | "
-                     f"{r['peak_rss_gib']} | {r['floor_wall_s']} | {r['shards']} | {r['size_mib']} |")
+        lines.append(f"| {r['claims']:,} | {r['claim_lines']:,} | {r['wall_s']} | {r.get('cpu_s', '')} | "
+                     f"{r['claims_per_s']:,} | {r['peak_rss_gib']} | {r['floor_wall_s']} | "
+                     f"{r.get('floor_cpu_s', '')} | {r['shards']} | {r['size_mib']} |")
     if "scaling" in results:
         sc = results["scaling"]
-        lines += ["", f"Scaling: {sc['claims_ratio']}× claims → {sc['time_ratio']}× time, "
-                      f"{sc['rss_ratio']}× peak RSS."]
+        lines += ["", f"Scaling: {sc['claims_ratio']}× claims → {sc['time_ratio']}× wall time, "
+                      f"{sc.get('cpu_ratio', '?')}× CPU time, {sc['rss_ratio']}× peak RSS."]
     lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in results["targets"].items())]
     (RESULTS / "generate.md").write_text("\n".join(lines) + "\n")
 
