@@ -1,6 +1,7 @@
 PY := .venv/bin/python
+BENCH := tests/benchmarks
 
-.PHONY: setup test quickstart bench
+.PHONY: setup test quickstart bench bench-quality
 setup:
 	./scripts/setup.sh
 
@@ -10,5 +11,16 @@ test: setup
 quickstart: setup
 	./scripts/quickstart.sh
 
+# Performance benchmarks (tens of minutes, both cores): results in tests/benchmarks/results/*.md|json
 bench: setup
-	$(PY) -m pytest -q tests/benchmarks -p no:cacheprovider -o addopts="" -s
+	$(PY) $(BENCH)/bench_generate.py
+	$(PY) $(BENCH)/bench_features.py
+	$(PY) $(BENCH)/bench_rules.py
+	$(PY) $(BENCH)/bench_detectors.py
+	$(PY) $(BENCH)/bench_graph.py
+	$(PY) $(BENCH)/bench_scoring.py
+
+# Detection-quality reports: rule engine per typology, graph detectors on FRAUDAR-style graphs
+bench-quality: setup
+	$(PY) $(BENCH)/rules_quality.py
+	$(PY) $(BENCH)/graph_generic.py
