@@ -50,3 +50,4 @@ def test_sweep_plot_draws_one_panel_per_typology(tmp_path):
     first = fig.axes[0]
     assert [tuple(line.get_ydata()) for line in first.get_lines()] == [(0.9, 0.5), (0.4, 0.3)]
     assert not fig.axes[1].get_lines()
+    assert [line.get_color() for line in first.get_lines()] == ["C0", "C1"]

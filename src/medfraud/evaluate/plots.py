@@ -150,10 +150,12 @@ def plot_sweep(metrics: pl.DataFrame, x_values: dict[str, float], x_name: str,
         level = typology_levels[typology]
         ax.set_title(f"{typology} ({level})", fontsize=9)
         rows = table.filter((pl.col("typology") == typology) & (pl.col("level") == level))
-        for detector in detectors:
+        for k, detector in enumerate(detectors):
             line = rows.filter(pl.col("detector") == detector).sort("x")
             if line.height and line[metric].is_not_nan().any():
-                ax.plot(line["x"].to_numpy(), line[metric].to_numpy(), marker="o", label=detector)
+                # one colour per detector across panels, so the shared legend holds
+                ax.plot(line["x"].to_numpy(), line[metric].to_numpy(), marker="o", label=detector,
+                        color=f"C{k % 10}")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(x_name, fontsize=8)
         ax.set_ylabel(metric.upper(), fontsize=8)
