@@ -38,8 +38,24 @@ def _entity_stage(claims: pl.LazyFrame, tables: Tables, window, levels, params):
 
 
 def _collect(frames: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
-    names = list(frames)
-    return dict(zip(names, pl.collect_all([frames[n] for n in names])))
+    # One level at a time: collecting them together would hold every level's group-by
+    # state over the claim frame at once (the peak of a build), for little shared work.
+    return {name: frame.collect() for name, frame in frames.items()}
+
+
+def _sort_by_column(frame: pl.DataFrame, key: str) -> pl.DataFrame:
+    """``frame.sort(key)`` gathering one column at a time; ``frame`` is emptied.
+
+    The claim frame is the largest object of a build; sorting it whole would hold two
+    copies at once, column by column holds one copy plus one column (when the caller keeps
+    no other frame sharing the columns).
+    """
+    order = frame.get_column(key).arg_sort()
+    names = frame.columns
+    sorted_columns = []
+    for name in names:
+        sorted_columns.append(frame.drop_in_place(name).gather(order))
+    return pl.DataFrame(sorted_columns)
 
 
 def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
@@ -77,7 +93,7 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
     tables = Tables(dataset)
 
     # The claim frame feeds every level: materialise it once instead of recomputing per level.
-    claims = claim_features(tables, window, reference_window, params).collect()
+    claims = claim_features(tables, window, reference_window, params)
     if claims.height == 0:
         raise ValueError(f"{dataset.path}: no claims with service_date in window {window}")
     entity_levels = tuple(lvl for lvl in ENTITY_LEVELS if lvl in levels)
@@ -92,7 +108,7 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
                 reference = collected
             else:
                 ref_claims = claim_features(tables, reference_window, reference_window,
-                                            params).collect()
+                                            params)
                 reference = _collect(_entity_stage(ref_claims.lazy(), tables, reference_window,
                                                    peer_levels, params))
             collected = _collect(peer_deviation(
@@ -105,10 +121,12 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
         id_col = LEVEL_ID[level]
         cols = feature_columns(level)
         if level == "claim":
-            frame = claims.select(id_col, *CONTEXT_COLUMNS, *cols)
+            # Drop the last reference to the unsorted frame so the sort can free it as it goes.
+            claim_frame = [claims.select(id_col, *CONTEXT_COLUMNS, *cols)]
+            del claims
+            out[level] = _sort_by_column(claim_frame.pop(), id_col)
         else:
-            frame = collected[level].select(id_col, *cols)
-        out[level] = frame.sort(id_col)
+            out[level] = collected[level].select(id_col, *cols).sort(id_col)
         columns[level] = cols
     return FeatureSet(frames=out, columns=columns, window=window,
                       meta={"reference_window": reference_window, "params": params,

@@ -119,16 +119,24 @@ def robust_stats(frame: pl.LazyFrame, keys: list[str], value: str, prefix: str) 
     return base.select(aggs)
 
 
-def attach_peer_stats(frame: pl.LazyFrame, reference: pl.LazyFrame, keys: list[str], value: str,
-                      prefix: str) -> pl.LazyFrame:
-    """Add ``{prefix}_ratio`` (value / peer median) and ``{prefix}_z`` (robust z) to ``frame``.
+def peer_stats(reference: pl.LazyFrame, keys: list[str], value: str,
+               prefix: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Group and global statistics of ``value`` on ``reference`` for :func:`apply_peer_stats`.
 
-    Statistics are fitted on ``reference`` only.  A group unseen in ``reference`` falls back
-    to the reference's global statistics; a null ``value`` (feature not applicable) gets the
-    neutral ratio 1 and z 0, so the columns never hold nulls.
+    Returns
+    -------
+    (group, overall): :func:`robust_stats` by ``keys`` with ``prefix``, and its one-row
+    global counterpart with prefix ``_g``.  Collect them once and reuse them when the
+    frame to describe is processed in partitions.
     """
-    group = robust_stats(reference, keys, value, prefix)
-    overall = robust_stats(reference, [], value, "_g")
+    return robust_stats(reference, keys, value, prefix), robust_stats(reference, [], value, "_g")
+
+
+def apply_peer_stats(frame: pl.LazyFrame, group: pl.LazyFrame, overall: pl.LazyFrame,
+                     keys: list[str], value: str, prefix: str) -> pl.LazyFrame:
+    """Add ``{prefix}_ratio`` and ``{prefix}_z`` to ``frame`` from statistics computed by
+    :func:`peer_stats` (same ``keys``, ``value`` and ``prefix``); see :func:`attach_peer_stats`.
+    """
     med, scale = f"{prefix}_med", f"{prefix}_scale"
     x = pl.col(value)
     return (
@@ -147,6 +155,18 @@ def attach_peer_stats(frame: pl.LazyFrame, reference: pl.LazyFrame, keys: list[s
         )
         .drop(med, scale, "_g_med", "_g_scale")
     )
+
+
+def attach_peer_stats(frame: pl.LazyFrame, reference: pl.LazyFrame, keys: list[str], value: str,
+                      prefix: str) -> pl.LazyFrame:
+    """Add ``{prefix}_ratio`` (value / peer median) and ``{prefix}_z`` (robust z) to ``frame``.
+
+    Statistics are fitted on ``reference`` only.  A group unseen in ``reference`` falls back
+    to the reference's global statistics; a null ``value`` (feature not applicable) gets the
+    neutral ratio 1 and z 0, so the columns never hold nulls.
+    """
+    group, overall = peer_stats(reference, keys, value, prefix)
+    return apply_peer_stats(frame, group, overall, keys, value, prefix)
 
 
 def days_between(later: str | pl.Expr, earlier: str | pl.Expr) -> pl.Expr:

@@ -7,15 +7,21 @@ See docs/features.md for the definition of every column.
 
 from __future__ import annotations
 
+import math
+import tempfile
+from pathlib import Path
+
 import polars as pl
 
 from medfraud.features._common import (
     FeatureParams,
     Tables,
     Window,
-    attach_peer_stats,
+    apply_peer_stats,
     days_between,
     in_window,
+    peer_stats,
+    robust_stats,
 )
 
 CONTEXT_COLUMNS = ["patient_id", "doctor_id", "facility_id", "pharmacy_id", "service_date",
@@ -51,8 +57,23 @@ CLAIM_FEATURES = [
 HELPER_COLUMNS = ["_drug_amount", "_high_value_amount", "_month", "diagnosis_code"]
 
 
+# Claim-level features are computed in partitions of about this many claims (by patient
+# hash: every patient-history feature stays inside one partition), so the joined claim and
+# line frames of one partition, not of the whole window, bound the peak memory.
+CLAIMS_PER_PARTITION = 250_000
+_PARTITION_SEED = 0x5EED
+
+
 def _claims_base(tables: Tables, window: Window) -> pl.LazyFrame:
-    """Claims in ``window`` joined with the patient, doctor and facility attributes used below."""
+    """Claims in ``window`` joined with the patient, doctor and facility attributes used below
+    and the duty roster's facility of the doctor that day (``_roster_facility``).
+
+    The roster grows with the doctors: joined here, in the one pass that splits the claims
+    into partitions, instead of once per partition.  Its key (doctor_id, date) is unique in
+    a valid dataset, so the join adds no rows.
+    """
+    roster = tables.duty_roster.select(pl.col("doctor_id"), pl.col("date").alias("service_date"),
+                                       pl.col("facility_id").alias("_roster_facility"))
     patients = tables.patients.select("patient_id", "sex", "birth_date", "death_date", "chronic")
     doctors = tables.doctors.select("doctor_id", pl.col("department").str.to_lowercase()
                                     .alias("_department"))
@@ -62,11 +83,18 @@ def _claims_base(tables: Tables, window: Window) -> pl.LazyFrame:
         .join(patients, on="patient_id", how="left")
         .join(doctors, on="doctor_id", how="left")
         .join(facilities, on="facility_id", how="left")
+        .join(roster, on=["doctor_id", "service_date"], how="left")
     )
 
 
-def _lines_base(tables: Tables, claims: pl.LazyFrame, params: FeatureParams) -> pl.LazyFrame:
-    """Lines of ``claims`` with claim context and, for drug lines, the catalogue attributes."""
+def _lines_base(tables: Tables, claims: pl.LazyFrame, params: FeatureParams,
+                raw_lines: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """Lines of ``claims`` with claim context and, for drug lines, the catalogue attributes.
+
+    ``raw_lines`` : claim_lines rows to read (default the whole table); a partition passes
+    its own lines.
+    """
+    raw_lines = tables.claim_lines if raw_lines is None else raw_lines
     threshold = tables.drugs.select(
         pl.col("unit_price").quantile(params.high_value_quantile).alias("_hv_threshold"))
     drugs = tables.drugs.select(
@@ -77,13 +105,14 @@ def _lines_base(tables: Tables, claims: pl.LazyFrame, params: FeatureParams) -> 
     context = claims.select("claim_id", "patient_id", "service_date", "sex", "birth_date",
                             "chronic", "_department", "_fac_level")
     return (
-        tables.claim_lines.drop("unit_price").join(context, on="claim_id", how="inner")
+        raw_lines.drop("unit_price").join(context, on="claim_id", how="inner")
         .join(drugs.drop("_cat_price"), on="item_code", how="left")
         .with_columns((pl.col("item_type") == "drug").alias("_is_drug"))
     )
 
 
-def _drug_line_features(lines: pl.LazyFrame, reference_lines: pl.LazyFrame,
+def _drug_line_features(lines: pl.LazyFrame,
+                        stats: dict[str, tuple[pl.DataFrame, pl.DataFrame]],
                         params: FeatureParams) -> pl.LazyFrame:
     """Per-claim aggregates of drug lines (dose, supply, refill, restrictions, value)."""
     emergency = [d.lower() for d in params.emergency_departments]
@@ -95,8 +124,7 @@ def _drug_line_features(lines: pl.LazyFrame, reference_lines: pl.LazyFrame,
     )
     age = (days_between("service_date", "birth_date") / 365.25).floor()
     drug = lines.filter(pl.col("_is_drug"))
-    ref_drug = reference_lines.filter(pl.col("_is_drug"))
-    drug = attach_peer_stats(drug, ref_drug, ["item_code", "_fac_level"], "amount", "_drug_amt")
+    drug = _apply(drug, stats, "_drug_amt")
     drug = drug.with_columns(
         (pl.col("quantity") / (pl.col("max_daily_units") * supply)).alias("_dose_ratio"),
         (pl.col("days_supply").fill_null(0) - limit).clip(lower_bound=0).alias("_over_limit"),
@@ -216,9 +244,96 @@ def _stay_features(claims: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+# Peer groups of the claim-level ratios / robust z: prefix -> (keys, value column).
+_PEER_GROUPS = {
+    "amount_dx": (["setting", "diagnosis_code", "_fac_level"], "total_amount"),
+    "amount_drg": (["drg_group", "_fac_level"], "_drg_amount"),
+    "drg_weight_dx": (["diagnosis_code"], "drg_weight"),
+    "_drug_amt": (["item_code", "_fac_level"], "amount"),
+}
+_drg_amount = pl.when(pl.col("drg_group").is_not_null()).then(pl.col("total_amount"))
+
+
+def _hashed_peer_stats(source: pl.LazyFrame, keys: list[str], value: str, prefix: str,
+                       candidates: pl.LazyFrame | None = None
+                       ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`peer_stats` of ``source`` with bounded memory: exact medians need every value
+    of a group in memory, so the rows are first reduced to a 64-bit hash of the group keys
+    plus the value (16 bytes a row instead of the string keys); the few distinct key
+    combinations are mapped back afterwards (collision odds ~groups²/2^65, negligible).
+    ``candidates`` : a small frame of ``keys`` holding every combination present in
+    ``source`` (default: read them from ``source``, one more pass over it)."""
+    key_hash = pl.struct(keys).hash(_PARTITION_SEED).alias("_key")
+    narrow = source.select(key_hash, value).collect(engine="streaming").lazy()
+    names = (source if candidates is None else candidates).select(*keys, key_hash).unique() \
+        .collect(engine="streaming")
+    by_hash, overall = pl.collect_all([robust_stats(narrow, ["_key"], value, prefix),
+                                       robust_stats(narrow, [], value, "_g")])
+    group = names.join(by_hash, on="_key", how="inner").drop("_key")
+    return group, overall
+
+
+def _reference_stats(tables: Tables, reference_window: Window
+                     ) -> dict[str, tuple[pl.DataFrame, pl.DataFrame]]:
+    """Peer statistics of every claim-level peer group, fitted on ``reference_window``.
+
+    Computed once, one group at a time over narrow hashed projections (see
+    :func:`_hashed_peer_stats`), so the partitions of :func:`claim_features` share them
+    and memory stays far below that of the claim frame.
+
+    Returns
+    -------
+    prefix -> (group statistics, one-row global statistics), see
+    :func:`medfraud.features._common.peer_stats`.
+    """
+    facilities = tables.facilities.select("facility_id", pl.col("level").alias("_fac_level"))
+    claims = (tables.claims.filter(in_window("service_date", reference_window))
+              .join(facilities, on="facility_id", how="left")
+              .with_columns(_drg_amount.alias("_drg_amount")))
+    drug_lines = (tables.claim_lines.filter(pl.col("item_type") == "drug")
+                  .select("claim_id", "item_code", "amount")
+                  .join(claims.select("claim_id", "_fac_level"), on="claim_id", how="inner"))
+    # Every (drug, level) pair that can occur (a null level: facility missing from the
+    # table), without a second pass over the line join.
+    levels = facilities.select("_fac_level")
+    no_level = pl.LazyFrame({"_fac_level": [None]}).cast(levels.collect_schema())
+    drug_levels = (tables.claim_lines.filter(pl.col("item_type") == "drug").select("item_code")
+                   .unique().join(pl.concat([levels, no_level]).unique(), how="cross"))
+    return {prefix: _hashed_peer_stats(drug_lines if prefix == "_drug_amt" else claims,
+                                       keys, value, prefix,
+                                       drug_levels if prefix == "_drug_amt" else None)
+            for prefix, (keys, value) in _PEER_GROUPS.items()}
+
+
+def _apply(frame: pl.LazyFrame, stats: dict[str, tuple[pl.DataFrame, pl.DataFrame]],
+           prefix: str) -> pl.LazyFrame:
+    keys, value = _PEER_GROUPS[prefix]
+    group, overall = stats[prefix]
+    return apply_peer_stats(frame, group.lazy(), overall.lazy(), keys, value, prefix)
+
+
+def _doctor_day(tables: Tables, window: Window) -> pl.DataFrame:
+    """(doctor, service date) pairs of ``window`` billed at two or more facilities.
+
+    Returns
+    -------
+    DataFrame with _doctor_hash (UInt64 hash of doctor_id), service_date and
+    doctor_facilities_same_day (UInt32 >= 2).  Every other doctor-day of a claim has
+    exactly one facility; keeping only the exceptions (and hashed ids) keeps this small.
+    """
+    return (tables.claims.filter(in_window("service_date", window))
+            .select(pl.col("doctor_id").hash(_PARTITION_SEED).alias("_doctor_hash"),
+                    "service_date", pl.col("facility_id").hash(_PARTITION_SEED).alias("_f"))
+            .unique()
+            .group_by("_doctor_hash", "service_date")
+            .agg(pl.len().alias("doctor_facilities_same_day"))
+            .filter(pl.col("doctor_facilities_same_day") > 1)
+            .collect(engine="streaming"))
+
+
 def claim_features(tables: Tables, window: Window, reference_window: Window,
-                   params: FeatureParams) -> pl.LazyFrame:
-    """Lazy claim-level frame: claim_id, context columns, CLAIM_FEATURES and HELPER_COLUMNS.
+                   params: FeatureParams) -> pl.DataFrame:
+    """Claim-level frame: claim_id, context columns, CLAIM_FEATURES and HELPER_COLUMNS.
 
     Parameters
     ----------
@@ -229,52 +344,100 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
 
     Returns
     -------
-    LazyFrame, one row per claim with ``service_date`` in ``window``; feature columns are
-    Float64 or integer and never null.
+    DataFrame, one row per claim with ``service_date`` in ``window`` (in no particular
+    order); feature columns are Float64 or integer and never null.
+
+    Notes
+    -----
+    Windows of more than :data:`CLAIMS_PER_PARTITION` claims are processed in partitions by
+    patient hash: every feature of a claim depends on its own patient's claims only, except
+    the peer statistics and the doctor's facilities per day, which are computed once over
+    the whole window (narrow projections) and joined into every partition.
     """
+    n_claims = tables.claims.filter(in_window("service_date", window)).select(pl.len()) \
+        .collect().item()
+    n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION))
+    stats = _reference_stats(tables, reference_window)
+    doctor_day = _doctor_day(tables, window)
+    if n_parts == 1:
+        return _claim_partition(tables, _claims_base(tables, window), tables.claim_lines,
+                                params, stats, doctor_day)
+    with tempfile.TemporaryDirectory(prefix="medfraud-features-") as tmp:
+        sources = _spill_partitions(tables, window, n_parts, Path(tmp))
+        parts = [_claim_partition(tables, claims, lines, params, stats, doctor_day)
+                 for claims, lines in sources]
+    return pl.concat(parts, how="vertical", rechunk=False)
+
+
+def _spill_partitions(tables: Tables, window: Window, n_parts: int, folder: Path
+                      ) -> list[tuple[pl.LazyFrame, pl.LazyFrame]]:
+    """Split the claim base and the claim lines of ``window`` into ``n_parts`` patient
+    partitions written under ``folder`` (one streaming pass each, lz4 Parquet).
+
+    Reading the whole claim and line tables once per partition would make the cost grow
+    with the square of the claims; one pass keeps it linear.
+
+    Returns
+    -------
+    One (claims base, raw claim lines) pair of lazy scans per non-empty partition.
+    """
+    part = (pl.col("patient_id").hash(_PARTITION_SEED) % n_parts).alias("_part")
+    sink = {"compression": "lz4", "mkdir": True, "engine": "streaming"}
+    _claims_base(tables, window).with_columns(part).sink_parquet(
+        pl.PartitionBy(folder / "claims", key="_part", include_key=False), **sink)
+    owners = (tables.claims.filter(in_window("service_date", window))
+              .select("claim_id", part))
+    tables.claim_lines.join(owners, on="claim_id", how="inner").sink_parquet(
+        pl.PartitionBy(folder / "lines", key="_part", include_key=False), **sink)
+    sources = []
+    for index in range(n_parts):
+        claims_dir = folder / "claims" / f"_part={index}"
+        if not claims_dir.is_dir():
+            continue  # no patient hashed here
+        lines_dir = folder / "lines" / f"_part={index}"
+        lines = (pl.scan_parquet(lines_dir / "*.parquet", hive_partitioning=False)
+                 if lines_dir.is_dir() else tables.claim_lines.clear())
+        sources.append((pl.scan_parquet(claims_dir / "*.parquet", hive_partitioning=False),
+                        lines))
+    return sources
+
+
+def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.LazyFrame,
+                     params: FeatureParams, stats: dict[str, tuple[pl.DataFrame, pl.DataFrame]],
+                     doctor_day: pl.DataFrame) -> pl.DataFrame:
+    """Claim features of the claims of ``claims_base`` (one patient partition, or the whole
+    window), whose lines are among ``raw_lines``; see :func:`claim_features`."""
     # The joined claim and line bases feed a dozen branches; materialising them once is
     # cheaper than relying on common-subplan elimination across all of them.
-    claims = _claims_base(tables, window).collect().lazy()
-    lines = _lines_base(tables, claims, params).collect().lazy()
-    if reference_window == window:
-        ref_claims, ref_lines = claims, lines
-    else:
-        ref_claims = _claims_base(tables, reference_window).collect().lazy()
-        ref_lines = _lines_base(tables, ref_claims, params).filter(pl.col("_is_drug")) \
-            .collect().lazy()
+    claims = claims_base.collect(engine="streaming").lazy()
+    lines = _lines_base(tables, claims, params, raw_lines).collect(engine="streaming").lazy()
 
-    c = claims
-    c = attach_peer_stats(c, ref_claims, ["setting", "diagnosis_code", "_fac_level"],
-                          "total_amount", "amount_dx")
-    drg_amount = pl.when(pl.col("drg_group").is_not_null()).then(pl.col("total_amount"))
-    c = attach_peer_stats(c.with_columns(drg_amount.alias("_drg_amount")),
-                          ref_claims.with_columns(drg_amount.alias("_drg_amount")),
-                          ["drg_group", "_fac_level"], "_drg_amount", "amount_drg")
-    c = attach_peer_stats(c, ref_claims, ["diagnosis_code"], "drg_weight", "drg_weight_dx")
+    c = _apply(claims, stats, "amount_dx")
+    c = _apply(c.with_columns(_drg_amount.alias("_drg_amount")), stats, "amount_drg")
+    c = _apply(c, stats, "drg_weight_dx")
 
     day = ["patient_id", "service_date"]
     night_start, night_end = params.night_hours
     hour = pl.col("settled_at").dt.hour()
     los = days_between("discharge_date", "admit_date")
-    roster = tables.duty_roster.select(pl.col("doctor_id"), pl.col("date").alias("service_date"),
-                                       pl.col("facility_id").alias("_roster_facility"))
     card_day = claims.group_by(day).agg(
         pl.len().alias("card_claims_same_day"),
         pl.col("region").n_unique().alias("card_regions_same_day"),
         pl.col("facility_id").n_unique().alias("card_facilities_same_day"),
     )
-    doctor_day = claims.group_by("doctor_id", "service_date").agg(
-        pl.col("facility_id").n_unique().alias("doctor_facilities_same_day"))
     c = (
-        c.join(roster, on=["doctor_id", "service_date"], how="left")
-        .join(card_day, on=day, how="left")
-        .join(doctor_day, on=["doctor_id", "service_date"], how="left")
-        .join(_drug_line_features(lines, ref_lines, params), on="claim_id", how="left")
+        c.join(card_day, on=day, how="left")
+        .with_columns(pl.col("doctor_id").hash(_PARTITION_SEED).alias("_doctor_hash"))
+        .join(doctor_day.lazy(), on=["_doctor_hash", "service_date"], how="left")
+        .join(_drug_line_features(lines, stats, params), on="claim_id", how="left")
         .join(_refill_overlap(lines), on="claim_id", how="left")
         .join(_line_features(lines), on="claim_id", how="left")
         .join(_stay_features(claims), on="claim_id", how="left")
         .with_columns(
             pl.col("total_amount").log1p().alias("log_amount"),
+            pl.when(pl.col("doctor_id").is_not_null())
+            .then(pl.col("doctor_facilities_same_day").fill_null(1))
+            .alias("doctor_facilities_same_day"),
             pl.when(pl.col("total_amount") > 0).then(pl.col("fund_paid") / pl.col("total_amount"))
             .otherwise(0.0).alias("fund_share"),
             days_between("service_date", "death_date").clip(lower_bound=0).fill_null(0)
@@ -316,4 +479,4 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
             pl.col("drug_amount_z_max").fill_null(0.0),
         )
     )
-    return c.select(["claim_id", *CONTEXT_COLUMNS, *CLAIM_FEATURES, *HELPER_COLUMNS])
+    return c.select(["claim_id", *CONTEXT_COLUMNS, *CLAIM_FEATURES, *HELPER_COLUMNS]).collect()

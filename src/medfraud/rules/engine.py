@@ -1,13 +1,19 @@
 """Evaluate a rule catalogue over a dataset (or in-memory tables) in one vectorised pass.
 
-Every enabled rule becomes one lazy query; :func:`polars.collect_all` runs them together
-so shared scans and joins are computed once.  The result is a long *hits* frame, one
+Every enabled rule becomes one lazy query; the claims and drug lines every rule reads are
+materialised once (:class:`~medfraud.rules.inputs.RuleInputs`) and the queries run one
+after another, so only one rule's intermediate frames are in memory at a time.  Above
+:data:`CLAIMS_PER_PARTITION` claims the patient-local kinds run partition by partition
+(patient hash) over a one-pass split of claims, lines and patients, and the few kinds that
+compare across patients run lazily over the whole window.  The result is a long *hits* frame, one
 row per (rule, hit id).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import tempfile
 import uuid
 from collections.abc import Mapping
 from datetime import date
@@ -43,8 +49,27 @@ def _check_window(window: tuple[date, date] | None) -> tuple[date | None, date |
     return start, end
 
 
-def _rule_query(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
-    """Hits of one rule as ``id, amount_at_stake`` at the rule's level."""
+# Kinds whose hits on a claim depend only on the claims (and lines) of the same patient plus
+# reference tables: they are judged patient partition by patient partition, so memory is
+# bounded by a partition's claims and lines instead of the dataset's.  The others compare
+# a claim with other patients' claims (a diagnosis's DRG weights, a pharmacy's stock, a
+# doctor's day) and run once over the whole window, lazily.
+PATIENT_LOCAL_KINDS = frozenset({
+    "sex_restriction", "age_restriction", "indication_restriction",
+    "facility_level_restriction", "care_setting_restriction", "course_limit",
+    "dose_over_label", "quantity_over_days_limit", "overlapping_refill", "duplicate_charge",
+    "frequency_limit", "readmission", "overlapping_stays", "outpatient_during_stay",
+    "idle_stay", "service_after_death", "implausible_identity", "card_frequency",
+    "same_day_distant_regions",
+})
+# Claims per patient partition (by patient_id hash) when evaluating patient-local kinds.
+CLAIMS_PER_PARTITION = 500_000
+_PARTITION_SEED = 0x5EED
+
+
+def _claim_hits(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
+    """Hits of the rule's kind, window-filtered: ``claim_id, service_date, amount_at_stake``
+    for claim kinds, ``<level id>, amount_at_stake`` for entity kinds."""
     kind = KINDS[rule.kind]
     hits = kind.function(inputs, rule.parsed_params())
     if kind.level == "claim":
@@ -52,12 +77,18 @@ def _rule_query(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
             hits = hits.filter(pl.col("service_date") >= inputs.start)
         if inputs.end is not None:
             hits = hits.filter(pl.col("service_date") <= inputs.end)
-        if rule.level != "claim":
-            # Entity rules built from claim kinds: the entity of each hit claim, amounts summed.
-            owner = LEVEL_ID[rule.level]
-            hits = (hits.join(inputs.claims(["claim_id", owner]), on="claim_id", how="inner")
-                    .filter(pl.col(owner).is_not_null())
-                    .group_by(owner).agg(pl.col("amount_at_stake").sum()))
+    return hits
+
+
+def _finish(rule: Rule, hits: pl.LazyFrame, inputs: RuleInputs) -> pl.LazyFrame:
+    """Hits of ``_claim_hits`` in the :data:`HITS_SCHEMA` layout at the rule's level."""
+    if KINDS[rule.kind].level == "claim" and rule.level != "claim":
+        # Entity rules built from claim kinds: the entity of each hit claim, amounts summed.
+        owner = LEVEL_ID[rule.level]
+        hits = (hits.join(inputs.table("claims").select("claim_id", owner), on="claim_id",
+                          how="inner")
+                .filter(pl.col(owner).is_not_null())
+                .group_by(owner).agg(pl.col("amount_at_stake").sum()))
     id_col = LEVEL_ID[rule.level]
     return hits.select(
         pl.lit(rule.level, pl.String).alias("level"),
@@ -70,6 +101,68 @@ def _rule_query(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
         pl.lit(rule.result_class, pl.String).alias("result_class"),
         pl.col("amount_at_stake").cast(pl.Float64).fill_null(0.0).round(2),
     )
+
+
+def _rule_query(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
+    """Hits of one rule as ``HITS_SCHEMA`` rows at the rule's level."""
+    return _finish(rule, _claim_hits(rule, inputs), inputs)
+
+
+def _spill_partitions(tables: Mapping[str, pl.LazyFrame], n_parts: int, folder: Path
+                      ) -> list[dict[str, pl.LazyFrame]]:
+    """Split claims, claim_lines and patients into ``n_parts`` patient-hash partitions
+    written under ``folder`` (one streaming pass each, lz4 Parquet); other tables are
+    shared.  Returns one table mapping per non-empty partition."""
+    part = (pl.col("patient_id").hash(_PARTITION_SEED) % n_parts).alias("_part")
+    sink = {"compression": "lz4", "mkdir": True, "engine": "streaming"}
+    split = {"claims": tables["claims"].with_columns(part)}
+    if "claim_lines" in tables:
+        owners = tables["claims"].select("claim_id", part)
+        split["claim_lines"] = tables["claim_lines"].join(owners, on="claim_id", how="inner")
+    if "patients" in tables:
+        split["patients"] = tables["patients"].with_columns(part)
+    for name, frame in split.items():
+        frame.sink_parquet(pl.PartitionBy(folder / name, key="_part", include_key=False), **sink)
+    out = []
+    for index in range(n_parts):
+        if not (folder / "claims" / f"_part={index}").is_dir():
+            continue  # no patient hashed here
+        part_tables = dict(tables)
+        for name in split:
+            path = folder / name / f"_part={index}"
+            part_tables[name] = (pl.scan_parquet(path / "*.parquet", hive_partitioning=False)
+                                 if path.is_dir() else tables[name].clear())
+        out.append(part_tables)
+    return out
+
+
+def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date | None,
+              end: date | None) -> list[pl.DataFrame]:
+    """Hits frames of ``rules`` (all of whose tables are in ``lazy``)."""
+    local = [r for r in rules if r.kind in PATIENT_LOCAL_KINDS]
+    n_parts = 1
+    if local:
+        n_claims = lazy["claims"].select(pl.len()).collect().item()
+        n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION))
+    if n_parts == 1:
+        # One rule at a time: the shared inputs are materialised once (RuleInputs), and
+        # running the queries together would hold every rule's intermediate frames at once.
+        inputs = RuleInputs(lazy, start, end)
+        return [_rule_query(rule, inputs).collect() for rule in rules]
+    frames = []
+    whole = RuleInputs(lazy, start, end, memoize=False)
+    for rule in rules:
+        if rule.kind not in PATIENT_LOCAL_KINDS:
+            frames.append(_rule_query(rule, whole).collect(engine="streaming"))
+    with tempfile.TemporaryDirectory(prefix="medfraud-rules-") as tmp:
+        hits: dict[str, list[pl.DataFrame]] = {rule.id: [] for rule in local}
+        for part_tables in _spill_partitions(lazy, n_parts, Path(tmp)):
+            inputs = RuleInputs(part_tables, start, end)
+            for rule in local:
+                hits[rule.id].append(_claim_hits(rule, inputs).collect())
+        for rule in local:
+            frames.append(_finish(rule, pl.concat(hits[rule.id]).lazy(), whole).collect())
+    return frames
 
 
 def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
@@ -98,8 +191,7 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
     start, end = _check_window(window)
     lazy = {name: (frame.lazy() if isinstance(frame, pl.DataFrame) else frame)
             for name, frame in tables.items()}
-    inputs = RuleInputs(lazy, start, end)
-    queries = []
+    rules = []
     for rule in catalogue.enabled:
         absent = [t for t in KINDS[rule.kind].tables if t not in lazy]
         if absent:
@@ -107,10 +199,10 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
                 continue
             raise KeyError(f"rule {rule.id} ({rule.kind}) needs table(s) {absent}, which were "
                            f"not given; given: {sorted(lazy)}")
-        queries.append(_rule_query(rule, inputs))
-    if not queries:
+        rules.append(rule)
+    if not rules:
         return empty_hits()
-    frames = pl.collect_all(queries)
+    frames = _evaluate(rules, lazy, start, end)
     return pl.concat(frames, how="vertical").sort("rule_id", "id")
 
 

@@ -44,8 +44,13 @@ class RuleInputs:
     # Shared intermediate frames (claims, drug lines with claim and drug context), computed
     # once and reused by every rule: each would otherwise repeat the same scans and joins.
     _shared: dict[str, pl.DataFrame] = field(default_factory=dict, compare=False, repr=False)
+    # False: never materialise the shared frames (queries stay lazy and read only the
+    # columns they need) -- for the few rules judged over the whole dataset at once.
+    memoize: bool = True
 
     def _memo(self, key: str, build) -> pl.LazyFrame:
+        if not self.memoize:
+            return build()
         if key not in self._shared:
             self._shared[key] = build().collect()
         return self._shared[key].lazy()
