@@ -126,7 +126,7 @@ def test_reasons_are_union_ordered_by_member_weight(planted):
                          "severity": [4], "amount_at_stake": [100.0]})
     features_with_hits = type(features)(features.frames, features.columns, rule_hits=hits)
     rules = make_detector("rules", level="claim").fit(features_with_hits)
-    forest = PyODDetector("claim", model="IForest").fit(features_with_hits)
+    forest = PyODDetector("claim", model="IForest", explain=1.0).fit(features_with_hits)
     forest_reasons = forest.score(features_with_hits).filter(pl.col("id") == "C00005")["reasons"][0].to_list()
     for weights, first in (([1.0, 3.0], forest_reasons[0]), ([3.0, 1.0], "DUP")):
         det = EnsembleDetector("claim", members=[rules, forest], weights=weights, n_reasons=10)

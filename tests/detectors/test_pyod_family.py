@@ -95,3 +95,21 @@ def test_scoring_new_data_uses_training_state_only():
     det = PyODDetector("patient", model="ECOD").fit(train.features)
     scores = det.score(other.features)
     assert auroc(scores, other.planted["patient"]) > 0.9
+
+
+def test_reasons_only_above_the_fitted_threshold_and_independent_of_the_batch(planted):
+    from medfraud.detectors.pyod_family import PyODDetector
+
+    features = planted.features
+    det = PyODDetector("claim", model="IForest", explain=0.1, seed=0).fit(features)
+    scored = det.score(features)
+    explained = scored.filter(pl.col("reasons").list.len() > 0)
+    assert 0 < explained.height <= 0.12 * scored.height
+    assert explained["score"].min() >= scored.filter(pl.col("reasons").list.len() == 0)["score"].max()
+    # one row alone gets the same reasons as in the full batch
+    top = scored.sort("score", descending=True).row(0, named=True)
+    alone = type(features)({"claim": features.frame("claim").filter(pl.col("claim_id") == top["id"])},
+                           features.columns)
+    assert det.score(alone)["reasons"][0].to_list() == top["reasons"]
+    restored = PyODDetector.from_state(det.to_state())
+    assert restored.score(features)["reasons"].to_list() == scored["reasons"].to_list()

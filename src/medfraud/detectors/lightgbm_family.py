@@ -32,7 +32,7 @@ import polars as pl
 from sklearn.model_selection import train_test_split
 
 from medfraud.detectors.base import Detector, register, score_frame
-from medfraud.detectors.preprocess import top_feature_reasons
+from medfraud.detectors.preprocess import reasons_for_top_rows, top_feature_reasons
 from medfraud.features.frameset import FeatureSet
 from medfraud.labels import Labels
 
@@ -163,18 +163,14 @@ class LightGBMDetector(Detector):
 
     def _reasons(self, X: np.ndarray, probability: np.ndarray) -> pl.Series:
         """TreeSHAP reasons for the top-scored rows (``explain``, ``max_explained``); [] for the others."""
-        n = X.shape[0]
-        n_explained = min(n, math.ceil(self.params["explain"] * n), self.params["max_explained"])
-        explained = np.argsort(-probability, kind="stable")[:n_explained]
-        contributions = self.booster_.predict(X[explained], pred_contrib=True,
-                                              num_threads=self.params["num_threads"])
-        reasons = top_feature_reasons(contributions[:, :-1], self.columns_, self.params["n_reasons"],
-                                      positive_only=True)
-        # Row i takes explained reason position[i]; unexplained rows point at a trailing [].
-        position = np.full(n, n_explained, dtype=np.int64)
-        position[explained] = np.arange(n_explained)
-        padded = pl.concat([reasons, pl.Series("reasons", [[]], dtype=pl.List(pl.String))])
-        return padded.gather(position)
+        def explain(rows: np.ndarray) -> pl.Series:
+            contributions = self.booster_.predict(X[rows], pred_contrib=True,
+                                                  num_threads=self.params["num_threads"])
+            return top_feature_reasons(contributions[:, :-1], self.columns_, self.params["n_reasons"],
+                                       positive_only=True)
+
+        return reasons_for_top_rows(probability, self.params["explain"], self.params["max_explained"],
+                                    explain)
 
     def feature_importance(self) -> pl.DataFrame:
         """Total split gain per feature: columns feature (String), gain (Float64), descending."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +87,39 @@ def top_feature_reasons(weights: np.ndarray, names: list[str], k: int = 3,
     lookup = pl.Series("reasons", [*names, None], dtype=pl.String)
     flat = lookup.gather(top.ravel())
     return flat.reshape((n, k)).cast(pl.List(pl.String)).list.drop_nulls().alias("reasons")
+
+
+def reasons_for_top_rows(scores: np.ndarray, share: float, limit: int | None,
+                         explain: Callable[[np.ndarray], pl.Series]) -> pl.Series:
+    """Reasons for the highest-scored rows only; ``[]`` for the others.
+
+    Alerts are read from the top of the ranking (audit budgets of 1–10 %), so explaining
+    every row costs most of a detector's scoring time for reasons nobody reads.
+
+    Parameters
+    ----------
+    scores : shape (n,), higher = more suspicious.
+    share : fraction of rows explained, highest first (1.0: every row).
+    limit : at most this many rows explained (None: no bound).
+    explain : row indices (k,) -> reasons Series of length k, in that order.
+
+    Returns
+    -------
+    Series ``reasons`` (List(String)), length n.
+    """
+    n = scores.shape[0]
+    n_explained = min(n, math.ceil(share * n), limit if limit is not None else n)
+    return reasons_for_rows(n, np.argsort(-scores, kind="stable")[:n_explained], explain)
+
+
+def reasons_for_rows(n: int, rows: np.ndarray, explain: Callable[[np.ndarray], pl.Series]) -> pl.Series:
+    """Reasons for the given row indices (k,), ``[]`` for the other of the n rows."""
+    reasons = explain(rows)
+    # Row i takes explained reason position[i]; unexplained rows point at a trailing [].
+    position = np.full(n, len(rows), dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    padded = pl.concat([reasons, pl.Series("reasons", [[]], dtype=pl.List(pl.String))])
+    return padded.gather(position).alias("reasons")
 
 
 def _top_k_columns(weights: np.ndarray, k: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import polars as pl
 from scipy.stats import skew
 
 from medfraud.detectors.base import Detector, register, score_frame
-from medfraud.detectors.preprocess import RobustScaler, top_feature_reasons
+from medfraud.detectors.preprocess import RobustScaler, reasons_for_rows, top_feature_reasons
 from medfraud.detectors.state import decode_array, encode_array
 from medfraud.features.frameset import FeatureSet
 from medfraud.labels import Labels
@@ -80,6 +80,9 @@ class PyODDetector(Detector):
     columns : feature columns to use; default all of ``features.columns[level]``.
     max_ecdf_rows : training rows kept as the reference ECDF of ECOD/COPOD.
     n_reasons : number of reason features per row.
+    explain : rows scoring at or above the training scores' (1 − explain) quantile get
+        reasons (the others get []): a fitted threshold, so a row's reasons never depend on
+        the rest of its batch; 1.0 explains every row.
     n_jobs : threads used to walk IForest trees when scoring.
 
     Attributes
@@ -91,10 +94,13 @@ class PyODDetector(Detector):
 
     def __init__(self, level: str = "claim", model: str = "IForest", params: dict | None = None,
                  seed: int = 0, columns: list[str] | None = None, max_ecdf_rows: int = 100_000,
-                 n_reasons: int = 3, n_jobs: int = 2):
+                 n_reasons: int = 3, explain: float = 0.05, n_jobs: int = 2):
         pyod_class(model)  # fail at construction on an unknown name
+        if not 0.0 <= explain <= 1.0:
+            raise ValueError(f"explain must be in [0, 1], got {explain}")
         super().__init__(level, model=model, params=dict(params or {}), seed=seed, columns=columns,
-                         max_ecdf_rows=max_ecdf_rows, n_reasons=n_reasons, n_jobs=n_jobs)
+                         max_ecdf_rows=max_ecdf_rows, n_reasons=n_reasons, explain=explain,
+                         n_jobs=n_jobs)
 
     # --- fit -----------------------------------------------------------------------------
     def fit(self, features: FeatureSet, labels: Labels | None = None) -> PyODDetector:
@@ -125,6 +131,9 @@ class PyODDetector(Detector):
             if model_name == "IForest":
                 self.forest_ = _forest_arrays(self.model_.detector_)
         self.columns_ = columns
+        explain = self.params["explain"]
+        self.explain_threshold_ = (-np.inf if explain >= 1.0 else
+                                   float(np.quantile(self.decision_function(Z), 1.0 - explain)))
         return self
 
     # --- score ---------------------------------------------------------------------------
@@ -148,9 +157,12 @@ class PyODDetector(Detector):
                            f" ({len(missing)} missing)")
         Z = self.scaler_.transform(features.matrix(self.level, self.columns_))
         scores = self.decision_function(Z)
-        # float32 halves the memory traffic of ranking n × d deviations; ties are irrelevant here
-        reasons = top_feature_reasons(np.abs(Z, dtype=np.float32), self.columns_, self.params["n_reasons"],
-                                      positive_only=True)
+        def explain(rows: np.ndarray) -> pl.Series:
+            # float32 halves the memory traffic of ranking deviations; ties are irrelevant here
+            return top_feature_reasons(np.abs(Z[rows], dtype=np.float32), self.columns_,
+                                       self.params["n_reasons"], positive_only=True)
+
+        reasons = reasons_for_rows(len(scores), np.flatnonzero(scores >= self.explain_threshold_), explain)
         return score_frame(features.ids(self.level), scores, reasons)
 
     # --- state ---------------------------------------------------------------------------
@@ -159,7 +171,10 @@ class PyODDetector(Detector):
         self._check_fitted("columns_")
         model_name = self.params["model"]
         state: dict[str, Any] = {"family": self.family, "params": self.get_params(),
-                                 "columns": self.columns_, "scaler": self.scaler_.to_state()}
+                                 "columns": self.columns_, "scaler": self.scaler_.to_state(),
+                                 # None, not -inf: strict JSON has no infinities
+                                 "explain_threshold": (None if np.isinf(self.explain_threshold_)
+                                                       else self.explain_threshold_)}
         if model_name in ("ECOD", "COPOD"):
             state["reference"] = encode_array(self.reference_)
             state["skew_sign"] = encode_array(self.skew_sign_)
@@ -182,6 +197,8 @@ class PyODDetector(Detector):
         det = cls(**state["params"])
         det.columns_ = list(state["columns"])
         det.scaler_ = RobustScaler.from_state(state["scaler"])
+        threshold = state.get("explain_threshold")
+        det.explain_threshold_ = -np.inf if threshold is None else float(threshold)
         det.model_ = None
         if "reference" in state:
             det.reference_ = decode_array(state["reference"])
