@@ -98,3 +98,24 @@ def test_beta_wavelets_partition_the_spectrum():
     values = np.array([np.polynomial.polynomial.polyval(lam, c) for c in coeffs])
     assert (values >= -1e-12).all()
     assert values[0].argmax() == 0 and values[-1].argmax() == len(lam) - 1  # low- and high-pass
+
+
+def test_nodes_outside_the_training_rows_are_unlabelled_not_negative(tiny_dataset):
+    import polars as pl
+
+    from medfraud.detectors.gnn import graph_target
+    from medfraud.features import build_features
+    from medfraud.graph import build_claims_graph
+    from medfraud.labels import Labels
+
+    features = build_features(tiny_dataset, levels=("doctor",))
+    graph = build_claims_graph(tiny_dataset, features)
+    labels = Labels.from_dataset(tiny_dataset)
+    doctors = features.frame("doctor")
+    train = FeatureSet({"doctor": doctors.head(doctors.height // 2)}, features.columns)
+    y_all = graph_target(graph, "doctor", "doctor", labels, None, "full")
+    y_train = graph_target(graph, "doctor", "doctor", labels, None, "full", train)
+    in_train = graph.node_ids["doctor"].is_in(train.ids("doctor").implode()).to_numpy()
+    assert np.isfinite(y_all).all()
+    assert np.array_equal(y_train[in_train], y_all[in_train])
+    assert np.isnan(y_train[~in_train]).all() and (~in_train).any()

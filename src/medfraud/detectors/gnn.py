@@ -50,14 +50,20 @@ def seeded_torch(seed: int):
 
 
 def graph_target(graph: ClaimsGraph, level: str, node_type: str, labels: Labels | None,
-                 typology: str | None, source: str) -> np.ndarray | None:
+                 typology: str | None, source: str,
+                 features: FeatureSet | None = None) -> np.ndarray | None:
     """Labels of ``node_type`` nodes as float (n,) with NaN for unlabelled; None if none exist.
 
     ``labels`` (claims datasets) wins; otherwise a generic graph's ``label`` column is used.
+    The graph holds every entity, including those a split puts on the test side: when
+    ``features`` has rows at ``level``, nodes outside them are unlabelled (NaN), never 0.
     """
     ids = graph.node_ids[node_type]
     if labels is not None:
         y = labels.target(level, ids, typology, source)
+        if features is not None and level in features.frames:
+            y = pl.when(ids.is_in(features.ids(level).implode())).then(y).otherwise(None)
+            y = pl.select(y.alias("y")).to_series()
     elif node_type in graph.labels:
         y = graph.labels[node_type]
     else:
@@ -188,7 +194,7 @@ class GNNDetector(Detector):
                 self._fit_dominant(inputs, seed)
             else:
                 y = graph_target(graph, self.level, self.node_type, labels, self._p("typology"),
-                                 self._p("label_source"))
+                                 self._p("label_source"), features)
                 if y is None or not np.isfinite(y).any():
                     raise ValueError(f"{self.name}: arch {arch!r} is semi-supervised but no labels "
                                      f"exist for node type {self.node_type!r}; pass labels or use "

@@ -118,7 +118,7 @@ class GraphTreeDetector(Detector):
         graph = require_graph(features, self.name)
         X, names = neighbour_features(graph, self.node_type, int(self._p("hops", 2)))
         y = graph_target(graph, self.level, self.node_type, labels, self._p("typology", None),
-                         self._p("label_source", "full"))
+                         self._p("label_source", "full"), features)
         if y is None:
             raise ValueError(f"{self.name} is supervised: pass labels or a graph with a label "
                              f"column for node type {self.node_type!r}")
