@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
 
@@ -22,6 +24,9 @@ def test_patient_aggregates(toy_features):
     assert p1["refill_overlap_ratio"] == pytest.approx(3 / 5)
     assert p1["after_death_claims"] == 0
     assert _row(toy_features, "patient", "P2")["after_death_claims"] == 1
+    # born 1980-01-01, first claim 2024-01-05
+    expected_age = (date(2024, 1, 5) - date(1980, 1, 1)).days / 365.25
+    assert p1["age_at_first_claim"] == pytest.approx(expected_age)
 
 
 def test_monthly_aggregates(toy_features):

@@ -25,7 +25,8 @@ _COMMON = [
     "claims_month_max", "claims_month_mean", "claims_month_std", "amount_month_max",
     "amount_month_mean", "n_months",
 ]
-_PATIENT = ["max_claims_one_pharmacy_month", "max_facilities_one_day", "max_regions_one_day"]
+_PATIENT = ["max_claims_one_pharmacy_month", "max_facilities_one_day", "max_regions_one_day",
+            "age_at_first_claim"]
 _PHARMACY = ["inv_max_oversold_ratio", "inv_drugs_oversold", "inv_never_purchased_value_share",
              "inv_billed_purchased_ratio", "price_mix_ratio"]
 
@@ -107,6 +108,19 @@ def _patient_extras(claims: pl.LazyFrame) -> pl.LazyFrame:
     return per_day.join(per_pharmacy_month, on="patient_id", how="left")
 
 
+def _patient_identity(claims: pl.LazyFrame, tables: Tables) -> pl.LazyFrame:
+    """Age in years at the patient's first claim of the window, from the registry.
+
+    Identity checks need it: an age over ~105 or below 0 (born after the first claim) is an
+    impossible registry record, the mark of an invented insured person.
+    """
+    first = claims.group_by("patient_id").agg(pl.col("service_date").min().alias("_first"))
+    return first.join(tables.patients.select("patient_id", "birth_date"), on="patient_id",
+                      how="left").select(
+        "patient_id",
+        ((pl.col("_first") - pl.col("birth_date")).dt.total_days() / 365.25).alias("age_at_first_claim"))
+
+
 def inventory_features(tables: Tables, window: Window) -> pl.LazyFrame:
     """Pharmacy stock balance (进销存) at the end of ``window``, aggregated over drugs.
 
@@ -180,7 +194,8 @@ def entity_features(claims: pl.LazyFrame, tables: Tables, window: Window,
         frame = _window_aggregates(own, id_col).join(_monthly_aggregates(own, id_col),
                                                      on=id_col, how="left")
         if level == "patient":
-            frame = frame.join(_patient_extras(own), on=id_col, how="left")
+            frame = (frame.join(_patient_extras(own), on=id_col, how="left")
+                     .join(_patient_identity(own, tables), on=id_col, how="left"))
         if level == "pharmacy":
             frame = frame.join(inventory_features(tables, window), on=id_col, how="left")
         names = ENTITY_FEATURES[level]
