@@ -97,13 +97,15 @@ def record(name: str, entries: list[dict], notes: dict[str, str] | None = None) 
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_cases(name: str, cases: dict, default_data: str, argv: list[str] | None = None) -> None:
+    """Command line shared by the features and rules benchmarks: measure ``cases`` at each size
+    in a fresh 2-thread subprocess and record them under ``results/<name>.*``."""
+    parser = argparse.ArgumentParser(description=f"{name} benchmark: time and peak memory per claim count")
     parser.add_argument("--claims", type=int, nargs="+", default=[5_000_000, 10_000_000])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", default="/tmp/medfraud_bench_features",
+    parser.add_argument("--data", default=default_data,
                         help="cache of synthetic datasets (one folder per size)")
-    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=list(cases), choices=list(cases))
     args = parser.parse_args(argv)
 
     from _synth import synthesize
@@ -112,14 +114,18 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.claims:
         path = synthesize(Path(args.data) / f"claims_{n}", n)
         for case in args.cases:
-            module, function = CASES[case]
+            module, function = cases[case]
             result = measure_in_subprocess(module, function, str(path), threads=args.threads)
             entry = {"case": case, "claims": n, **result, "python": platform.python_version(),
                      "load_avg_1m": os.getloadavg()[0], "cpus_on_machine": os.cpu_count(),
                      "measured_at": datetime.now(timezone.utc).isoformat()}
             print(json.dumps(entry), flush=True)
             entries.append(entry)
-    record("features", entries)
+    record(name, entries)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cases("features", CASES, "/tmp/medfraud_bench_features", argv)
 
 
 if __name__ == "__main__":

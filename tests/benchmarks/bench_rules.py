@@ -55,28 +55,9 @@ CASES = {"rules": ("bench_rules", "run_rules"),
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--claims", type=int, nargs="+", default=[5_000_000, 10_000_000])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", default="/tmp/medfraud_bench", help="cache of synthetic data")
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    args = parser.parse_args(argv)
+    from bench_features import run_cases
 
-    from _synth import synthesize
-    from bench_features import record
-
-    entries = []
-    for n in args.claims:
-        path = synthesize(Path(args.data) / f"claims_{n}", n)
-        for case in args.cases:
-            module, function = CASES[case]
-            result = measure_in_subprocess(module, function, str(path), threads=args.threads)
-            entry = {"case": case, "claims": n, **result, "python": platform.python_version(),
-                     "load_avg_1m": os.getloadavg()[0], "cpus_on_machine": os.cpu_count(),
-                     "measured_at": datetime.now(timezone.utc).isoformat()}
-            print(json.dumps(entry), flush=True)
-            entries.append(entry)
-    record("rules", entries)
+    run_cases("rules", CASES, "/tmp/medfraud_bench", argv)
 
 
 if __name__ == "__main__":
