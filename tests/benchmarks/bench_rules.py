@@ -14,18 +14,11 @@ claims costs <= 2.2x the time.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-
-from _measure import measure_in_subprocess  # noqa: E402
 
 
 def run_rules(path: str) -> None:
