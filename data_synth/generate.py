@@ -23,7 +23,7 @@ from data_synth.shard import STREAM_TYPOLOGY_BASE
 from data_synth.typologies import MODULES
 from data_synth.typologies.inventory_mismatch import opening_exclusions
 from data_synth.world import (
-    build_world, doctors_frame, drugs_frame, duty_roster_frame, facilities_frame, pharmacies_frame,
+    World, build_world, doctors_frame, drugs_frame, duty_roster_frame, facilities_frame, pharmacies_frame,
     refresh_duty,
 )
 
@@ -37,6 +37,21 @@ def shard_layout(config: SynthConfig) -> list[tuple[int, int]]:
     size = max(1, math.ceil(config.shard_claims / per_patient))
     n = config.populations.patients
     return [(start, min(size, n - start)) for start in range(0, n, size)]
+
+
+def plan_world(config: SynthConfig) -> World:
+    """The world with every typology's dataset-level choices made (rings, target entities).
+
+    Typologies without dataset-level state have no ``plan``; each typology's stream is
+    seeded by its position, so skipping one does not change the others' draws.
+    """
+    world = build_world(config)
+    for k, (name, module) in enumerate(MODULES.items()):
+        plan = getattr(module, "plan", None)
+        if plan is not None:
+            plan(world, config.typologies[name], np.random.default_rng([config.seed, STREAM_PLAN, k]))
+    refresh_duty(world)
+    return world
 
 
 def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False,
@@ -60,10 +75,7 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False,
     ------
     FileExistsError if ``out`` is non-empty and ``overwrite`` is False.
     """
-    world = build_world(config)
-    for k, (name, module) in enumerate(MODULES.items()):
-        module.plan(world, config.typologies[name], np.random.default_rng([config.seed, STREAM_PLAN, k]))
-    refresh_duty(world)
+    world = plan_world(config)
     layout = shard_layout(config)
     total_steps = len(layout) + 1
     spend = {"doctor": np.zeros(world.n_doctors), "pharmacy": np.zeros(world.n_pharmacies)}

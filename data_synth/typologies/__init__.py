@@ -1,8 +1,9 @@
 """Fraud typologies: one module per typology of ``medfraud.schema.TYPOLOGIES``.
 
-Every module exposes the same three functions and a ``DEFAULT_PARAMS`` dict:
+Every module exposes ``inject`` and ``world_entities``, a ``DEFAULT_PARAMS`` dict, and
+``plan`` when the typology has dataset-level state:
 
-``plan(world, cfg, rng)``
+``plan(world, cfg, rng)`` (optional)
     choose world-level fraudulent entities (doctors, pharmacies, facilities, rings) once
     per dataset and store them in ``world.extra[NAME]``; may edit the duty roster.
 ``inject(shard, cfg, rng)``

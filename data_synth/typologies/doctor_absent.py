@@ -18,10 +18,6 @@ NAME = "doctor_absent"
 DEFAULT_PARAMS = {"two_facility_share": 0.3}
 
 
-def plan(world, cfg, rng) -> None:
-    world.extra[NAME] = {}
-
-
 def inject(shard, cfg, rng) -> None:
     target = shard.target_count(cfg.prevalence)
     if target <= 0:

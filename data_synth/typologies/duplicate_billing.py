@@ -15,10 +15,6 @@ NAME = "duplicate_billing"
 DEFAULT_PARAMS = {}
 
 
-def plan(world, cfg, rng) -> None:
-    world.extra[NAME] = {}
-
-
 def inject(shard, cfg, rng) -> None:
     target = shard.target_count(cfg.prevalence)
     if target <= 0:

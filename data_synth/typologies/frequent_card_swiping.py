@@ -19,10 +19,6 @@ DEFAULT_PARAMS = {"monthly_swipes": 8, "facilities_per_day": 4, "multi_facility_
                   "active_months": 3}
 
 
-def plan(world, cfg, rng) -> None:
-    world.extra[NAME] = {}
-
-
 def inject(shard, cfg, rng) -> None:
     target = shard.target_count(cfg.prevalence)
     if target <= 0:

@@ -18,10 +18,6 @@ NAME = "ghost_bed"
 DEFAULT_PARAMS = {"outpatient_share": 0.25, "overlap_share": 0.15}
 
 
-def plan(world, cfg, rng) -> None:
-    world.extra[NAME] = {}
-
-
 def inject(shard, cfg, rng) -> None:
     target = shard.target_count(cfg.prevalence)
     if target <= 0:

@@ -24,10 +24,6 @@ NAME = "phantom_patient"
 DEFAULT_PARAMS = {"dead_share": 0.4, "unregistered_share": 0.3, "claims_per_patient": 4}
 
 
-def plan(world, cfg, rng) -> None:
-    world.extra[NAME] = {}
-
-
 def _visits(shard, rng, local, day):
     """Outpatient visits at random facilities of the patient's region, doctor on duty."""
     w = shard.world

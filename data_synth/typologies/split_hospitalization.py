@@ -17,10 +17,6 @@ NAME = "split_hospitalization"
 DEFAULT_PARAMS = {"max_gap": 15}
 
 
-def plan(world, cfg, rng) -> None:
-    world.extra[NAME] = {}
-
-
 def inject(shard, cfg, rng) -> None:
     target = shard.target_count(cfg.prevalence)
     if target < 2:

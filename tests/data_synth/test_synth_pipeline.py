@@ -10,10 +10,9 @@ import polars as pl
 import pytest
 
 import data_synth
-from data_synth.generate import STREAM_PLAN, shard_layout
+from data_synth.generate import plan_world, shard_layout
 from data_synth.normal import generate_normal, make_shard
 from data_synth.typologies import MODULES
-from data_synth.world import build_world, refresh_duty
 
 generate_module = importlib.import_module("data_synth.generate")
 SHARDED = ["shard_claims=1500"]
@@ -47,10 +46,7 @@ def test_background_error_propagates_and_leaves_nothing(tmp_path, monkeypatch):
 def labelled_shard():
     """Shard 0 of the tiny preset after every typology (labels, copies and removals)."""
     config = data_synth.load_config("tiny", seed=7)
-    world = build_world(config)
-    for k, (name, module) in enumerate(MODULES.items()):
-        module.plan(world, config.typologies[name], np.random.default_rng([config.seed, STREAM_PLAN, k]))
-    refresh_duty(world)
+    world = plan_world(config)
     first, count = shard_layout(config)[0]
     shard = make_shard(world, 0, first, count)
     generate_normal(shard)
