@@ -19,14 +19,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
 import torch
 from sklearn.metrics import average_precision_score
 
-from medfraud.detectors.base import Detector, register, score_frame
+from medfraud.detectors.base import register, score_frame
+from medfraud.detectors.graph_base import GraphDetector
 from medfraud.features.frameset import FeatureSet
 from medfraud.graph.core import ClaimsGraph, require_graph
 from medfraud.graph.models import BWGNN, Dominant, HeteroSAGE, normalized_laplacian
@@ -86,7 +87,7 @@ def stratified_split(labelled: np.ndarray, y: np.ndarray, val_fraction: float,
 
 
 @register("gnn")
-class GNNDetector(Detector):
+class GNNDetector(GraphDetector):
     """Graph neural network detector.
 
     Parameters
@@ -109,27 +110,16 @@ class GNNDetector(Detector):
     """
 
     supervised = True
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         "arch": "bwgnn", "node_type": None, "typology": None, "label_source": "full",
         "hidden": 32, "layers": 2, "order": 2, "dropout": 0.1, "epochs": 200, "lr": 0.01,
         "weight_decay": 5e-4, "patience": 30, "val_fraction": 0.2, "alpha": 0.8, "seed": 0,
     }
 
     def __init__(self, level: str = "doctor", **params: Any):
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            raise ValueError(f"gnn: unknown parameter(s) {sorted(unknown)}; known: "
-                             f"{sorted(self.defaults)}")
-        if params.get("arch", "bwgnn") not in ARCHS:
-            raise ValueError(f"gnn: arch must be one of {ARCHS}, got {params['arch']!r}")
         super().__init__(level, **params)
-
-    def _p(self, key: str) -> Any:
-        return self.params.get(key, self.defaults[key])
-
-    @property
-    def node_type(self) -> str:
-        return self._p("node_type") or self.level
+        if self._p("arch") not in ARCHS:
+            raise ValueError(f"gnn: arch must be one of {ARCHS}, got {self._p('arch')!r}")
 
     # -- model construction -------------------------------------------------------------
     @staticmethod

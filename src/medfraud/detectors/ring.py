@@ -10,12 +10,13 @@ it is the same graph), so scores depend only on the data given.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
 
-from medfraud.detectors.base import Detector, register, score_frame
+from medfraud.detectors.base import register, score_frame
+from medfraud.detectors.graph_base import GraphDetector
 from medfraud.features.frameset import FeatureSet
 from medfraud.graph.core import ClaimsGraph, EdgeType, require_graph
 from medfraud.graph.ring import RingCandidate, find_rings
@@ -26,7 +27,7 @@ CLAIMS_RELATIONS: tuple[EdgeType, ...] = (("doctor", "treats", "patient"),
 
 
 @register("ring")
-class RingDetector(Detector):
+class RingDetector(GraphDetector):
     """Dense-subgraph ring detector.
 
     Parameters
@@ -46,23 +47,9 @@ class RingDetector(Detector):
     """
 
     supervised = False
-    defaults: dict[str, Any] = {"node_type": None, "relations": None, "n_blocks": 10,
+    defaults: ClassVar[dict[str, Any]] = {"node_type": None, "relations": None, "n_blocks": 10,
                                 "weighting": "log", "weight": None, "c": 5.0, "min_size": 3,
                                 "min_density": 0.0, "relative_density": 0.75}
-
-    def __init__(self, level: str = "doctor", **params: Any):
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            raise ValueError(f"ring: unknown parameter(s) {sorted(unknown)}; known: "
-                             f"{sorted(self.defaults)}")
-        super().__init__(level, **params)
-
-    def _p(self, key: str) -> Any:
-        return self.params.get(key, self.defaults[key])
-
-    @property
-    def node_type(self) -> str:
-        return self._p("node_type") or self.level
 
     def _relations(self, graph: ClaimsGraph) -> list[EdgeType]:
         given = self._p("relations")
