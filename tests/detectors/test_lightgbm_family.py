@@ -8,6 +8,7 @@ from detector_testkit import auroc, build_planted
 
 from medfraud.detectors import SCORE_SCHEMA, NotFittedError, detector_from_state, make_detector
 from medfraud.detectors.lightgbm_family import LightGBMDetector
+from medfraud.features.frameset import FeatureSet
 
 LEVELS = ["claim", "patient", "doctor", "pharmacy", "facility"]
 # Small and single-threaded: the test machine's cores are shared.
@@ -99,14 +100,27 @@ def test_scores_other_feature_sets():
     assert auroc(det.score(other.features), other.planted["patient"]) > 0.9
 
 
-def test_reasons_for_the_explained_top_share_only(planted):
+def test_reasons_above_the_fitted_threshold_only(planted):
     part = _fit(planted, "claim", explain=0.05)
-    full = LightGBMDetector.from_state({**part.to_state(), "params": {**part.get_params(), "explain": 1.0}})
+    full = LightGBMDetector.from_state({**part.to_state(), "explain_threshold": None})
     a, b = part.score(planted.features), full.score(planted.features)
     assert a["score"].equals(b["score"])
-    top = np.argsort(-a["score"].to_numpy(), kind="stable")[:50]  # 5 % of 1000 rows
-    explained = np.zeros(a.height, dtype=bool)
-    explained[top] = True
+    # The threshold is the training scores' 95 % quantile: about 5 % of the training rows.
+    explained = a["score"].to_numpy() >= part.explain_threshold_
+    assert 0.03 <= explained.mean() <= 0.08
     assert a["reasons"].filter(pl.Series(~explained)).list.len().max() == 0
     assert a["reasons"].filter(pl.Series(explained)).to_list() == b["reasons"].filter(pl.Series(explained)).to_list()
     assert b["reasons"].list.len().sum() > a["reasons"].list.len().sum()
+
+
+def test_reasons_do_not_depend_on_the_other_rows_of_a_call(planted):
+    """Scoring a subset gives its rows the reasons they get in the whole call."""
+    part = _fit(planted, "claim", explain=0.05)
+    whole = part.score(planted.features)
+    top = whole.sort("score", descending=True).head(20)["id"]
+    subset = FeatureSet({"claim": planted.features.frame("claim").filter(pl.col("claim_id").is_in(top.implode()))},
+                        {"claim": planted.features.columns["claim"]})
+    alone = part.score(subset)
+    expected = whole.filter(pl.col("id").is_in(top.implode())).sort("id")
+    assert alone.sort("id")["reasons"].to_list() == expected["reasons"].to_list()
+    assert alone["reasons"].list.len().min() > 0

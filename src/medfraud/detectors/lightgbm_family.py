@@ -16,14 +16,14 @@ Class imbalance is handled by ``scale_pos_weight = n_negative / n_positive`` on 
 fitting rows.  Training is deterministic (``seed``, ``deterministic=True``,
 ``force_row_wise=True``, ``num_threads``).  Reasons are the features with the largest
 positive contribution to the row's log-odds (LightGBM ``pred_contrib=True``, TreeSHAP),
-computed for the top ``explain`` share of rows (default 5 %, at most ``max_explained``
-rows; rows below get no reasons).
+computed for rows scoring at or above the (1 - ``explain``) quantile of the training
+scores (default the top 5 %, at most ``max_explained`` rows per call; rows below get no
+reasons), so a row's reasons do not depend on the rows scored with it.
 The fitted model travels as LightGBM text (``to_state`` / ``from_state``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightgbm as lgb
@@ -32,7 +32,12 @@ import polars as pl
 from sklearn.model_selection import train_test_split
 
 from medfraud.detectors.base import Detector, register, score_frame
-from medfraud.detectors.preprocess import reasons_for_top_rows, top_feature_reasons
+from medfraud.detectors.preprocess import (
+    explain_threshold,
+    reasons_for_rows,
+    rows_to_explain,
+    top_feature_reasons,
+)
 from medfraud.features.frameset import FeatureSet
 from medfraud.labels import Labels
 
@@ -57,10 +62,11 @@ class LightGBMDetector(Detector):
         and, in PU mode, for estimating c.
     num_threads : LightGBM threads.
     n_reasons : reason features per row.
-    explain : share of rows, highest scores first, that get TreeSHAP reasons (the others
-        get none): SHAP costs far more than scoring, and only the top of the ranking is
-        ever audited (budgets of 1-5 %).  1.0 explains every row.
-    max_explained : upper bound on the number of explained rows per ``score`` call.
+    explain : rows scoring at or above the training scores' (1 - explain) quantile get
+        TreeSHAP reasons (the others get none): SHAP costs far more than scoring, and only
+        the top of the ranking is ever audited (budgets of 1-5 %).  1.0 explains every row.
+    max_explained : upper bound on the number of explained rows per ``score`` call (the
+        highest scores first), a guard against a call made only of alerts.
     lgb_params : extra LightGBM parameters, applied last.
 
     Attributes
@@ -146,6 +152,8 @@ class LightGBMDetector(Detector):
             self.label_frequency_ = c if c > 0 else 1.0
         else:
             self.label_frequency_ = 1.0
+        self.explain_threshold_ = (-np.inf if self.params["explain"] >= 1.0 else explain_threshold(
+            self.booster_.predict(X, num_threads=self.params["num_threads"]), self.params["explain"]))
         return self
 
     def score(self, features: FeatureSet) -> pl.DataFrame:
@@ -162,15 +170,16 @@ class LightGBMDetector(Detector):
                            self._reasons(X, probability))
 
     def _reasons(self, X: np.ndarray, probability: np.ndarray) -> pl.Series:
-        """TreeSHAP reasons for the top-scored rows (``explain``, ``max_explained``); [] for the others."""
+        """TreeSHAP reasons for rows at or above the fitted ``explain_threshold_`` (at most
+        ``max_explained``, the highest); [] for the others."""
         def explain(rows: np.ndarray) -> pl.Series:
             contributions = self.booster_.predict(X[rows], pred_contrib=True,
                                                   num_threads=self.params["num_threads"])
             return top_feature_reasons(contributions[:, :-1], self.columns_, self.params["n_reasons"],
                                        positive_only=True)
 
-        return reasons_for_top_rows(probability, self.params["explain"], self.params["max_explained"],
-                                    explain)
+        rows = rows_to_explain(probability, self.explain_threshold_, self.params["max_explained"])
+        return reasons_for_rows(len(probability), rows, explain)
 
     def feature_importance(self) -> pl.DataFrame:
         """Total split gain per feature: columns feature (String), gain (Float64), descending."""
@@ -184,6 +193,8 @@ class LightGBMDetector(Detector):
         self._check_fitted("booster_")
         return {"family": self.family, "params": self.get_params(), "columns": self.columns_,
                 "label_frequency": self.label_frequency_, "best_iteration": self.best_iteration_,
+                "explain_threshold": (None if np.isinf(self.explain_threshold_)
+                                      else self.explain_threshold_),
                 "model": self.booster_.model_to_string()}
 
     @classmethod
@@ -193,4 +204,7 @@ class LightGBMDetector(Detector):
         det.columns_ = list(state["columns"])
         det.label_frequency_ = float(state["label_frequency"])
         det.best_iteration_ = int(state["best_iteration"])
+        # States written before the threshold existed explain every row (still per-row).
+        threshold = state.get("explain_threshold")
+        det.explain_threshold_ = -np.inf if threshold is None else float(threshold)
         return det

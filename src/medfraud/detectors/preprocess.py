@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from dataclasses import dataclass
@@ -89,31 +88,32 @@ def top_feature_reasons(weights: np.ndarray, names: list[str], k: int = 3,
     return flat.reshape((n, k)).cast(pl.List(pl.String)).list.drop_nulls().alias("reasons")
 
 
-def reasons_for_top_rows(scores: np.ndarray, share: float, limit: int | None,
-                         explain: Callable[[np.ndarray], pl.Series]) -> pl.Series:
-    """Reasons for the highest-scored rows only; ``[]`` for the others.
+def explain_threshold(training_scores: np.ndarray, share: float) -> float:
+    """Score above which a row gets reasons: the (1 - share) quantile of the training scores.
 
-    Alerts are read from the top of the ranking (audit budgets of 1–10 %), so explaining
-    every row costs most of a detector's scoring time for reasons nobody reads.
-
-    Parameters
-    ----------
-    scores : shape (n,), higher = more suspicious.
-    share : fraction of rows explained, highest first (1.0: every row).
-    limit : at most this many rows explained (None: no bound).
-    explain : row indices (k,) -> reasons Series of length k, in that order.
-
-    Returns
-    -------
-    Series ``reasons`` (List(String)), length n.
+    Alerts are read from the top of the ranking (audit budgets of 1-10 %), so explaining
+    every row would cost most of a detector's scoring time for reasons nobody reads.  A
+    threshold fitted once (not a share of each call) keeps a row's reasons independent of
+    the other rows it is scored with.  ``share`` >= 1 explains every row (-inf).
     """
-    n = scores.shape[0]
-    n_explained = min(n, math.ceil(share * n), limit if limit is not None else n)
-    return reasons_for_rows(n, np.argsort(-scores, kind="stable")[:n_explained], explain)
+    if share >= 1.0:
+        return -np.inf
+    return float(np.quantile(training_scores, 1.0 - share))
+
+
+def rows_to_explain(scores: np.ndarray, threshold: float, limit: int | None = None) -> np.ndarray:
+    """Indices of the rows scoring at or above ``threshold``, at most ``limit`` of them (the
+    highest first when the bound bites, a guard against a call that is all alerts)."""
+    rows = np.flatnonzero(scores >= threshold)
+    if limit is not None and rows.size > limit:
+        rows = np.sort(rows[np.argsort(-scores[rows], kind="stable")[:limit]])
+    return rows
 
 
 def reasons_for_rows(n: int, rows: np.ndarray, explain: Callable[[np.ndarray], pl.Series]) -> pl.Series:
     """Reasons for the given row indices (k,), ``[]`` for the other of the n rows."""
+    if rows.size == 0:  # explainers need at least one row (LightGBM's pred_contrib fails)
+        return pl.Series("reasons", [[]] * n, dtype=pl.List(pl.String))
     reasons = explain(rows)
     # Row i takes explained reason position[i]; unexplained rows point at a trailing [].
     position = np.full(n, len(rows), dtype=np.int64)

@@ -31,7 +31,13 @@ import polars as pl
 from scipy.stats import skew
 
 from medfraud.detectors.base import Detector, register, score_frame
-from medfraud.detectors.preprocess import RobustScaler, reasons_for_rows, top_feature_reasons
+from medfraud.detectors.preprocess import (
+    RobustScaler,
+    explain_threshold,
+    reasons_for_rows,
+    rows_to_explain,
+    top_feature_reasons,
+)
 from medfraud.detectors.state import decode_array, encode_array
 from medfraud.features.frameset import FeatureSet
 from medfraud.labels import Labels
@@ -132,8 +138,8 @@ class PyODDetector(Detector):
                 self.forest_ = _forest_arrays(self.model_.detector_)
         self.columns_ = columns
         explain = self.params["explain"]
-        self.explain_threshold_ = (-np.inf if explain >= 1.0 else
-                                   float(np.quantile(self.decision_function(Z), 1.0 - explain)))
+        self.explain_threshold_ = (-np.inf if explain >= 1.0
+                                   else explain_threshold(self.decision_function(Z), explain))
         return self
 
     # --- score ---------------------------------------------------------------------------
@@ -162,7 +168,7 @@ class PyODDetector(Detector):
             return top_feature_reasons(np.abs(Z[rows], dtype=np.float32), self.columns_,
                                        self.params["n_reasons"], positive_only=True)
 
-        reasons = reasons_for_rows(len(scores), np.flatnonzero(scores >= self.explain_threshold_), explain)
+        reasons = reasons_for_rows(len(scores), rows_to_explain(scores, self.explain_threshold_), explain)
         return score_frame(features.ids(self.level), scores, reasons)
 
     # --- state ---------------------------------------------------------------------------
