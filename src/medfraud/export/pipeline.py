@@ -154,6 +154,16 @@ class ScoringPipeline:
                                                 ("pharmacies", "pharmacy_id"), ("drugs", "drug_code"))}
         # The snapshot as lazy frames: a call concatenates the batch onto them without copying.
         self._lazy_context = {t: f.lazy() for t, f in self.context.items()}
+        # Date-sorted copies of the dated snapshot tables: a call slices the rows of its
+        # dates by binary search instead of scanning the whole snapshot.
+        claim_dates = self.context["claims"].select("claim_id", "service_date")
+        self._by_date = {
+            "claims": _DateIndex(self.context["claims"], "service_date"),
+            "claim_lines": _DateIndex(self.context["claim_lines"].join(
+                claim_dates, on="claim_id", how="left"), "service_date", drop=True),
+            "duty_roster": _DateIndex(self.context["duty_roster"], "date"),
+        }
+        self._claim_reference = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -185,14 +195,16 @@ class ScoringPipeline:
             self._feature_params = feature_params_from_json(self.settings.feature_params)
         return self._feature_params
 
-    def explain_every_claim(self) -> None:
-        """Make detectors that explain only the top of each call (LightGBM's ``explain``
-        share) explain every claim, so a claim's reasons never depend on the other claims
-        of its call.  The REST service does this (small calls); batch scoring keeps the
-        detectors' own share (SHAP on a whole file would dominate the cost)."""
-        for part in self.detectors:
-            if part.detector is not None and "explain" in getattr(part.detector, "params", {}):
-                part.detector.params["explain"] = 1.0
+    @property
+    def claim_reference(self):
+        """Claim peer-group statistics of the training window, fitted once on the snapshot
+        (:func:`medfraud.features.claim_reference`) and shared by every call."""
+        if self._claim_reference is None:
+            from medfraud.features import claim_reference
+
+            self._claim_reference = claim_reference(
+                InMemoryDataset(self._lazy_context), self.settings.reference_window)
+        return self._claim_reference
 
     # ------------------------------------------------------------------ scoring
     def check(self, rows: pl.DataFrame, first_row: int = 1) -> CheckedBatch:
@@ -254,15 +266,10 @@ class ScoringPipeline:
         lines = conform("claim_lines", lines)
         ids = claims.select("claim_id")
         window = (claims["service_date"].min(), claims["service_date"].max())
-        tables = dict(self._lazy_context)
-        tables["claims"] = pl.concat([tables["claims"].join(ids.lazy(), on="claim_id", how="anti"),
-                                      claims.lazy()])
-        tables["claim_lines"] = pl.concat([
-            tables["claim_lines"].join(ids.lazy(), on="claim_id", how="anti"), lines.lazy()])
-        dataset = InMemoryDataset(tables, manifest={"content_digest": self.data_digest})
-        features = build_features(dataset, window, levels=("claim",),
-                                  reference_window=self.settings.reference_window,
-                                  params=self.feature_params)
+        dataset = InMemoryDataset(self.feature_tables(claims, lines),
+                                  manifest={"content_digest": self.data_digest})
+        features = build_features(dataset, window, levels=("claim",), params=self.feature_params,
+                                  claim_reference=self.claim_reference)
         claim_frame = features.frame("claim").join(ids, on="claim_id", how="semi")
         hits = None
         if any(p.family == "rules" and p.detector is not None for p in self.detectors):
@@ -278,13 +285,46 @@ class ScoringPipeline:
             parts.append(self._normalised(part, i, batch_features, claim_frame))
         return self._combine(claims.select("claim_id"), parts)
 
+    def feature_tables(self, claims: pl.DataFrame, lines: pl.DataFrame) -> dict[str, pl.LazyFrame]:
+        """The tables the claim features of a batch read: the batch, plus the snapshot's
+        claims of the batch's dates whose patient or doctor is in the batch, their lines,
+        patients, doctors and duty roster.
+
+        A claim's features relate it only to claims of its own patient (card use, refills,
+        stays, duplicate lines) and of its doctor (facilities per day) inside the window of
+        the call, and to peer statistics fixed at training (:attr:`claim_reference`).  The
+        rest of the snapshot cannot change them, so it is left out and a call costs what its
+        batch costs, whatever the size of the snapshot.
+        """
+        window = (claims["service_date"].min(), claims["service_date"].max())
+        patient_ids = claims["patient_id"].unique().implode()
+        doctor_ids = claims["doctor_id"].unique().implode()
+        history = (self._by_date["claims"].between(window)
+                   .filter(pl.col("patient_id").is_in(patient_ids)
+                           | pl.col("doctor_id").is_in(doctor_ids))
+                   .join(claims.select("claim_id"), on="claim_id", how="anti"))
+        history_lines = self._by_date["claim_lines"].between(window).join(
+            history.select("claim_id"), on="claim_id", how="semi")
+        seen = pl.concat([history, claims], how="vertical_relaxed")
+        tables = dict(self._lazy_context)
+        tables["claims"] = seen.lazy()
+        tables["claim_lines"] = pl.concat([history_lines, lines], how="vertical_relaxed").lazy()
+        tables["patients"] = self.context["patients"].join(
+            seen.select("patient_id").unique(), on="patient_id", how="semi").lazy()
+        tables["doctors"] = self.context["doctors"].join(
+            seen.select("doctor_id").unique(), on="doctor_id", how="semi").lazy()
+        tables["duty_roster"] = self._by_date["duty_roster"].between(window).filter(
+            pl.col("doctor_id").is_in(seen["doctor_id"].unique().implode())).lazy()
+        return tables
+
     def rule_tables(self, claims: pl.DataFrame, lines: pl.DataFrame,
                     prune: bool | None = None) -> dict[str, pl.LazyFrame]:
         """The tables the claim rules see for a batch: the snapshot plus the batch.
 
         With ``prune`` (default: when every enabled claim rule's kind is in
         :data:`HISTORY_SCOPED_RULE_KINDS`) the history keeps only the claims of the batch's
-        patients and doctors and the DRG stays of its DRG diagnoses, with their lines.
+        patients and doctors and the DRG stays of its DRG diagnoses, with their lines, the
+        patients of those claims and the batch doctors' duty roster on the batch's dates.
         """
         if prune is None:
             prune = all(r.kind in HISTORY_SCOPED_RULE_KINDS for r in self.catalogue.enabled)
@@ -302,6 +342,14 @@ class ScoringPipeline:
         tables = dict(self._lazy_context)
         tables["claims"] = pl.concat([history, claims.lazy()])
         tables["claim_lines"] = pl.concat([history_lines, lines.lazy()])
+        if prune:
+            # Patient and roster rules read the rows of the judged claims' patients, and of
+            # their doctors on the batch's dates, only.
+            window = (claims["service_date"].min(), claims["service_date"].max())
+            tables["patients"] = self._lazy_context["patients"].join(
+                tables["claims"].select("patient_id").unique(), on="patient_id", how="semi")
+            tables["duty_roster"] = self._by_date["duty_roster"].between(window).filter(
+                pl.col("doctor_id").is_in(claims["doctor_id"].unique().implode())).lazy()
         return tables
 
     def _normalised(self, part: DetectorPart, order: int, features, claim_frame: pl.DataFrame) -> pl.DataFrame:
@@ -414,6 +462,26 @@ class ScoringPipeline:
     def __repr__(self) -> str:
         dets = ", ".join(f"{p.name}@{p.level}" for p in self.detectors)
         return f"ScoringPipeline(name={self.name!r}, detectors=[{dets}], digest={self.data_digest[:12]})"
+
+
+class _DateIndex:
+    """A frame sorted by one Date column, sliced by date window with a binary search.
+
+    ``drop`` : the date column was added for the index only and is dropped from slices.
+    """
+
+    def __init__(self, frame: pl.DataFrame, column: str, drop: bool = False):
+        self.frame = frame.sort(column)
+        self.column = column
+        self.drop = drop
+        self._dates = self.frame[column]
+
+    def between(self, window: tuple[date, date]) -> pl.DataFrame:
+        """Rows whose date lies in ``window`` (inclusive)."""
+        lo = int(self._dates.search_sorted(window[0], side="left"))
+        hi = int(self._dates.search_sorted(window[1], side="right"))
+        rows = self.frame.slice(lo, max(0, hi - lo))
+        return rows.drop(self.column) if self.drop else rows
 
 
 def empty_scores() -> pl.DataFrame:

@@ -13,14 +13,21 @@ import polars as pl
 
 from medfraud.dataset import Dataset
 from medfraud.features._common import FeatureParams, Tables, check_window
-from medfraud.features.claims import CLAIM_FEATURES, CONTEXT_COLUMNS, claim_features
+from medfraud.features.claims import (
+    CLAIM_FEATURES,
+    CONTEXT_COLUMNS,
+    ClaimReference,
+    claim_features,
+    fit_claim_reference,
+)
 from medfraud.features.entities import ENTITY_FEATURES, ENTITY_LEVELS, entity_features
 from medfraud.features.frameset import FeatureSet
 from medfraud.features.graph_tabular import GRAPH_FEATURES, graph_features
 from medfraud.features.peers import PEER_FEATURES, peer_deviation
 from medfraud.schema import LEVEL_ID, LEVELS
 
-__all__ = ["FeatureParams", "FeatureSet", "build_features", "feature_columns"]
+__all__ = ["ClaimReference", "FeatureParams", "FeatureSet", "build_features", "claim_reference",
+           "feature_columns"]
 
 
 def feature_columns(level: str) -> list[str]:
@@ -58,10 +65,25 @@ def _sort_by_column(frame: pl.DataFrame, key: str) -> pl.DataFrame:
     return pl.DataFrame(sorted_columns)
 
 
+def claim_reference(dataset: Dataset, reference_window: tuple[date, date] | None
+                    ) -> ClaimReference:
+    """Fit the claim-level peer statistics of ``reference_window`` once, to pass as
+    ``build_features(..., claim_reference=...)`` on many later calls.
+
+    Parameters
+    ----------
+    dataset : a valid dataset (label tables are never read).
+    reference_window : (first, last) service date, inclusive; None = every claim.
+    """
+    check_window(reference_window, "reference_window")
+    return fit_claim_reference(Tables(dataset), reference_window)
+
+
 def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
                    levels: Sequence[str] = LEVELS,
                    reference_window: tuple[date, date] | None = None,
-                   params: FeatureParams | None = None) -> FeatureSet:
+                   params: FeatureParams | None = None,
+                   claim_reference: ClaimReference | None = None) -> FeatureSet:
     """Compute features of the claims whose service_date lies in ``window``.
 
     Parameters
@@ -73,6 +95,9 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
         scales); default ``window``.  Pass the training window when featurising a test
         window so no test-period information reaches the statistics.
     params : thresholds, :class:`FeatureParams` defaults when None.
+    claim_reference : claim peer statistics fitted beforehand by :func:`claim_reference`
+        (on this dataset or on a snapshot of it); ``reference_window`` then defaults to,
+        and must equal, its window.
 
     Returns
     -------
@@ -89,11 +114,18 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
     check_window(window)
     check_window(reference_window, "reference_window")
     params = params or FeatureParams()
+    if claim_reference is not None:
+        if reference_window is not None and reference_window != claim_reference.window:
+            raise ValueError(f"reference_window {reference_window} differs from the window of "
+                             f"claim_reference {claim_reference.window}")
+        reference_window = claim_reference.window
     reference_window = window if reference_window is None else reference_window
     tables = Tables(dataset)
+    if claim_reference is None:
+        claim_reference = fit_claim_reference(tables, reference_window)
 
     # The claim frame feeds every level: materialise it once instead of recomputing per level.
-    claims = claim_features(tables, window, reference_window, params)
+    claims = claim_features(tables, window, reference_window, params, claim_reference)
     if claims.height == 0:
         raise ValueError(f"{dataset.path}: no claims with service_date in window {window}")
     entity_levels = tuple(lvl for lvl in ENTITY_LEVELS if lvl in levels)
@@ -108,7 +140,7 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
                 reference = collected
             else:
                 ref_claims = claim_features(tables, reference_window, reference_window,
-                                            params)
+                                            params, claim_reference)
                 reference = _collect(_entity_stage(ref_claims.lazy(), tables, reference_window,
                                                    peer_levels, params))
             collected = _collect(peer_deviation(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -305,6 +307,29 @@ def _reference_stats(tables: Tables, reference_window: Window
             for prefix, (keys, value) in _PEER_GROUPS.items()}
 
 
+@dataclass(frozen=True)
+class ClaimReference:
+    """Peer-group statistics of the claim features, fitted once on a reference window.
+
+    Scoring many small batches against the same training window (the exported model, the
+    REST service) reuses one reference instead of refitting the medians on every call.
+
+    Attributes
+    ----------
+    window : the reference window (first, last service date), None = every claim.
+    stats : peer-group prefix -> (group statistics, one-row global statistics), as
+        :func:`medfraud.features._common.peer_stats` returns them, collected.
+    """
+
+    window: Window
+    stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]]
+
+
+def fit_claim_reference(tables: Tables, reference_window: Window) -> ClaimReference:
+    """The :class:`ClaimReference` of ``reference_window`` over ``tables``."""
+    return ClaimReference(reference_window, _reference_stats(tables, reference_window))
+
+
 def _apply(frame: pl.LazyFrame, stats: dict[str, tuple[pl.DataFrame, pl.DataFrame]],
            prefix: str) -> pl.LazyFrame:
     keys, value = _PEER_GROUPS[prefix]
@@ -332,7 +357,8 @@ def _doctor_day(tables: Tables, window: Window) -> pl.DataFrame:
 
 
 def claim_features(tables: Tables, window: Window, reference_window: Window,
-                   params: FeatureParams) -> pl.DataFrame:
+                   params: FeatureParams, reference: ClaimReference | None = None
+                   ) -> pl.DataFrame:
     """Claim-level frame: claim_id, context columns, CLAIM_FEATURES and HELPER_COLUMNS.
 
     Parameters
@@ -341,6 +367,8 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
     window : service dates of the claims to describe (inclusive), None for all.
     reference_window : service dates whose claims fit the peer-group medians and scales.
     params : thresholds.
+    reference : precomputed statistics of ``reference_window`` (see
+        :func:`fit_claim_reference`); fitted here when None.
 
     Returns
     -------
@@ -357,7 +385,8 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
     n_claims = tables.claims.filter(in_window("service_date", window)).select(pl.len()) \
         .collect().item()
     n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION))
-    stats = _reference_stats(tables, reference_window)
+    stats = (reference if reference is not None
+             else fit_claim_reference(tables, reference_window)).stats
     doctor_day = _doctor_day(tables, window)
     if n_parts == 1:
         return _claim_partition(tables, _claims_base(tables, window), tables.claim_lines,

@@ -64,6 +64,8 @@ PATIENT_LOCAL_KINDS = frozenset({
 })
 # Claims per patient partition (by patient_id hash) when evaluating patient-local kinds.
 CLAIMS_PER_PARTITION = 500_000
+# Up to this many claims (history included), all rules are collected in one call.
+COLLECT_TOGETHER_BELOW = 50_000
 _PARTITION_SEED = 0x5EED
 
 
@@ -140,14 +142,16 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
               end: date | None) -> list[pl.DataFrame]:
     """Hits frames of ``rules`` (all of whose tables are in ``lazy``)."""
     local = [r for r in rules if r.kind in PATIENT_LOCAL_KINDS]
-    n_parts = 1
-    if local:
-        n_claims = lazy["claims"].select(pl.len()).collect().item()
-        n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION))
+    n_claims = lazy["claims"].select(pl.len()).collect().item()
+    n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION)) if local else 1
     if n_parts == 1:
-        # One rule at a time: the shared inputs are materialised once (RuleInputs), and
-        # running the queries together would hold every rule's intermediate frames at once.
+        # The shared inputs are materialised once (RuleInputs).  Small inputs (a scoring
+        # call) run every rule's query in one parallel collect: there the fixed cost of a
+        # query dominates.  Larger ones run one rule at a time, since running the queries
+        # together would hold every rule's intermediate frames at once.
         inputs = RuleInputs(lazy, start, end)
+        if n_claims <= COLLECT_TOGETHER_BELOW:
+            return pl.collect_all([_rule_query(rule, inputs) for rule in rules])
         return [_rule_query(rule, inputs).collect() for rule in rules]
     frames = []
     whole = RuleInputs(lazy, start, end, memoize=False)

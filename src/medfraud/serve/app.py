@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -41,6 +42,9 @@ log = logging.getLogger("medfraud.serve")
 
 MAX_BODY_BYTES = 1_000_000
 MAX_CLAIMS = 100
+# What the worker processes of a multi-process server read (see app_from_environment).
+ENV_MODEL = "MEDFRAUD_SERVE_MODEL"
+ENV_MAX_BODY_BYTES = "MEDFRAUD_SERVE_MAX_BODY_BYTES"
 
 
 # --------------------------------------------------------------------------- request models
@@ -375,7 +379,6 @@ def create_app(pipeline, info, *, max_body_bytes: int = MAX_BODY_BYTES,
 
     from medfraud.export.model_io import model_summary
 
-    pipeline.explain_every_claim()  # reasons must not depend on co-batched requests
     batcher = MicroBatcher(pipeline)
     summary = model_summary(info, pipeline)
 
@@ -442,3 +445,20 @@ def create_app(pipeline, info, *, max_body_bytes: int = MAX_BODY_BYTES,
                 "scores": ordered.to_dicts()}
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """Application factory of one worker process of a multi-process server.
+
+    ``uvicorn`` starts each worker in a fresh interpreter that imports this factory; the
+    worker loads its own copy of the model named by ``MEDFRAUD_SERVE_MODEL`` (a folder or
+    MLflow URI) and limits bodies to ``MEDFRAUD_SERVE_MAX_BODY_BYTES``.
+    """
+    from medfraud.export.model_io import load_pipeline
+
+    model = os.environ.get(ENV_MODEL)
+    if not model:
+        raise RuntimeError(f"{ENV_MODEL} is not set: it names the model each worker loads")
+    pipeline, info = load_pipeline(model)
+    return create_app(pipeline, info,
+                      max_body_bytes=int(os.environ.get(ENV_MAX_BODY_BYTES, MAX_BODY_BYTES)))
