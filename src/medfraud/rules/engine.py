@@ -64,8 +64,10 @@ PATIENT_LOCAL_KINDS = frozenset({
 })
 # Claims per patient partition (by patient_id hash) when evaluating patient-local kinds.
 CLAIMS_PER_PARTITION = 500_000
-# Up to this many claims (history included), all rules are collected in one call.
-COLLECT_TOGETHER_BELOW = 50_000
+# Up to this many claims (history included), all rules are collected in one call: on a
+# 300k-claim scoring batch that costs ~0.1 GiB more than one rule at a time, for ~20 % less
+# time (fixed per-query costs shared, rules run side by side on the cores).
+COLLECT_TOGETHER_BELOW = 500_000
 _PARTITION_SEED = 0x5EED
 
 
@@ -145,10 +147,10 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
     n_claims = lazy["claims"].select(pl.len()).collect().item()
     n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION)) if local else 1
     if n_parts == 1:
-        # The shared inputs are materialised once (RuleInputs).  Small inputs (a scoring
-        # call) run every rule's query in one parallel collect: there the fixed cost of a
-        # query dominates.  Larger ones run one rule at a time, since running the queries
-        # together would hold every rule's intermediate frames at once.
+        # The shared inputs are materialised once (RuleInputs).  Inputs up to
+        # COLLECT_TOGETHER_BELOW claims run every rule's query in one parallel collect;
+        # larger ones run one rule at a time, since running the queries together holds
+        # every rule's intermediate frames at once.
         inputs = RuleInputs(lazy, start, end)
         if n_claims <= COLLECT_TOGETHER_BELOW:
             return pl.collect_all([_rule_query(rule, inputs) for rule in rules])
