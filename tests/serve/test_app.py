@@ -195,6 +195,46 @@ def test_concurrent_requests_are_batched_without_crosstalk(app, claims_json):
         assert s["reasons"] == alone[s["claim_id"]]["reasons"]
 
 
+def test_a_doctor_on_different_days_is_batched_without_crosstalk(app, claims_json):
+    """Claims of one doctor on different dates (different patients) may share a batch: the
+    doctor's same-day facilities are the only doctor-level coupling of features and rules."""
+    by_doctor: dict[str, list[dict]] = {}
+    for claim in claims_json:
+        by_doctor.setdefault(claim["doctor_id"], []).append(claim)
+    pair = None
+    for claims in by_doctor.values():
+        for a in claims:
+            for b in claims:
+                if (a["service_date"] != b["service_date"] and a["patient_id"] != b["patient_id"]
+                        and a["drg_weight"] is None and b["drg_weight"] is None):
+                    pair = (a, b)
+                    break
+            if pair:
+                break
+        if pair:
+            break
+    assert pair is not None, "the held-out claims hold no doctor seen on two dates"
+    with TestClient(app) as c:
+        alone = {claim["claim_id"]: c.post("/score", json={"claims": [claim]}).json()["scores"][0]
+                 for claim in pair}
+
+    async def burst():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
+            async with app.router.lifespan_context(app):
+                return await asyncio.gather(*[ac.post("/score", json={"claims": [c]})
+                                              for c in pair * 4])
+
+    batcher = app.state.batcher
+    batcher.largest_batch = 0
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    assert batcher.largest_batch == 2  # the two claims went together (repeats of one id never do)
+    for r in responses:
+        s = r.json()["scores"][0]
+        assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
+        assert s["reasons"] == alone[s["claim_id"]]["reasons"]
+
+
 def test_multi_worker_server_scores_like_one_process(exported, claims_json, client):
     """``medfraud serve --workers 2``: each worker process loads the model itself and
     answers /score with the same scores as the in-process app."""

@@ -12,10 +12,11 @@ Requests are checked in three layers, each answering 4xx with a message naming t
 Scoring runs in one worker thread fed by :class:`MicroBatcher`: requests that arrive while
 a batch is being scored are scored together in the next batch, one pipeline call for all
 of them (the per-call cost of building features and evaluating rules is mostly fixed).
-Two requests sharing a patient, a doctor or, for DRG-grouped stays, a diagnosis are never
-put in the same batch, so a request's scores do not depend on other traffic (claim features
-and claim rules relate a claim to other claims of its patient or doctor, and the DRG
-upcoding rule to the stays of its diagnosis).
+Two requests sharing a patient, a doctor on the same service date or, for DRG-grouped stays,
+a diagnosis are never put in the same batch, so a request's scores do not depend on other
+traffic (claim features and claim rules relate a claim to other claims of its patient, to the
+claims of its doctor on the same day, and the DRG upcoding rule to the stays of its
+diagnosis).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def request_rows(request: ScoreRequest) -> pl.DataFrame:
 class _Job:
     rows: pl.DataFrame
     patients: frozenset[str]
-    doctors: frozenset[str]
+    doctor_days: frozenset[tuple[str, date]]
     claim_ids: frozenset[str]
     drg_diagnoses: frozenset[str]
     future: asyncio.Future = field(repr=False)
@@ -248,8 +249,9 @@ class MicroBatcher:
         """Scores (claim_id, risk, band, reasons) of one request's rows; raises RequestProblems."""
         if self._queue is None or self._worker is None or self._worker.done():
             await self.start()
+        doctor_days = rows.select("doctor_id", "service_date").drop_nulls().unique()
         job = _Job(rows, frozenset(rows["patient_id"].drop_nulls().to_list()),
-                   frozenset(rows["doctor_id"].drop_nulls().to_list()),
+                   frozenset(doctor_days.iter_rows()),
                    frozenset(rows["claim_id"].drop_nulls().to_list()),
                    frozenset(rows.filter(pl.col("drg_weight").is_not_null())["diagnosis_code"]
                              .drop_nulls().to_list()),
@@ -265,19 +267,19 @@ class MicroBatcher:
             candidates.append(self._queue.get_nowait())
         batch: list[_Job] = []
         patients: set[str] = set()
-        doctors: set[str] = set()
+        doctor_days: set[tuple[str, date]] = set()
         claim_ids: set[str] = set()
         diagnoses: set[str] = set()
         size = 0
         for job in candidates:
-            overlaps = (job.patients & patients or job.doctors & doctors or job.claim_ids & claim_ids
-                        or job.drg_diagnoses & diagnoses)
+            overlaps = (job.patients & patients or job.doctor_days & doctor_days
+                        or job.claim_ids & claim_ids or job.drg_diagnoses & diagnoses)
             if batch and (overlaps or size + len(job.claim_ids) > self.max_claims):
                 self._held.append(job)
                 continue
             batch.append(job)
             patients |= job.patients
-            doctors |= job.doctors
+            doctor_days |= job.doctor_days
             claim_ids |= job.claim_ids
             diagnoses |= job.drg_diagnoses
             size += len(job.claim_ids)
