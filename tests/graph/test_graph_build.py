@@ -1,3 +1,4 @@
+import re
 from datetime import date
 
 import numpy as np
@@ -115,3 +116,30 @@ def test_tiny_preset_graph(tiny_dataset):
     for t in g.node_types:
         assert g.data[t].x.shape[0] == g.num_nodes(t)
         assert bool(g.data[t].x.isfinite().all())
+
+
+class _Renamed:
+    """A dataset whose ``table.column`` has one id replaced, to plant unknown ids."""
+
+    def __init__(self, dataset: Dataset, table: str, column: str, old: str, new: str):
+        self.dataset, self.table, self.column, self.old, self.new = dataset, table, column, old, new
+        self.path = dataset.path
+
+    def scan(self, table: str) -> pl.LazyFrame:
+        frame = self.dataset.scan(table)
+        if table != self.table:
+            return frame
+        return frame.with_columns(pl.col(self.column).replace(self.old, self.new))
+
+
+@pytest.mark.parametrize(("table", "column", "old", "message"), [
+    ("claims", "patient_id", "P2", "claims.patient_id: 2 id(s) not in table patients; "
+                                   "example: 'NEW'"),
+    ("prescriptions", "pharmacy_id", "R2", "prescriptions.pharmacy_id: 1 id(s) not in table "
+                                           "pharmacies; example: 'NEW'"),
+    ("doctors", "facility_id", "F1", "claims or doctors.facility_id: 1 id(s) not in table "
+                                     "facilities; example: 'NEW'"),
+])
+def test_ids_missing_from_entity_tables_are_named(hand, table, column, old, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_claims_graph(_Renamed(hand, table, column, old, "NEW"))

@@ -2,8 +2,11 @@
 
 Nodes are every patient, doctor, pharmacy and facility of the entity tables (sorted by id,
 so indices are stable across windows).  Edges aggregate the claims and prescriptions of a
-service-date window with lazy polars ``group_by``; only the aggregated edge list is
-collected and converted to torch, once, which keeps memory flat for millions of claims.
+service-date window with lazy polars ``group_by``: ids are first mapped to node indices
+(an Enum cast), so each relation groups one integer key ``src * n_dst + dst``, and the five
+relations are collected in one ``collect_all`` that scans the tables once.  Only the
+aggregated edge lists are materialised and converted to torch, which keeps memory flat for
+millions of claims.
 """
 
 from __future__ import annotations
@@ -36,38 +39,43 @@ RELATIONS = (
 )
 
 
-def _node_index(dataset: Dataset, node_type: str) -> pl.DataFrame:
+def _node_index(dataset: Dataset, node_type: str) -> pl.Series:
+    """Sorted unique ids of a node type (String); position = node index."""
     table, id_col = NODE_TABLES[node_type]
-    ids = dataset.scan(table).select(pl.col(id_col)).unique().sort(id_col).collect()
-    return ids.with_row_index(f"{node_type}_idx").with_columns(pl.col(f"{node_type}_idx").cast(pl.Int64))
+    return dataset.scan(table).select(pl.col(id_col)).unique().sort(id_col).collect()[id_col]
 
 
-def _aggregate(frame: pl.LazyFrame, src: str, dst: str, amount: str, day: str) -> pl.LazyFrame:
-    """One row per (src, dst) pair: count, amount (yuan), first and last day number."""
-    return frame.group_by([src, dst]).agg(
-        pl.len().cast(pl.Float64).alias("count"),
-        pl.col(amount).sum().cast(pl.Float64).alias("amount"),
-        pl.col(day).min().cast(pl.Int32).cast(pl.Float64).alias("first_day"),
-        pl.col(day).max().cast(pl.Int32).cast(pl.Float64).alias("last_day"),
-    )
+def _code(column: str, ids: pl.Series) -> pl.Expr:
+    """Node index (Int64) of each id in ``column``; null where the id is null or unknown.
+
+    Casting to an Enum whose categories are the sorted ids maps every id to its position in
+    one hash lookup, so the group-bys below run on integers instead of string pairs.
+    """
+    return pl.col(column).cast(pl.Enum(ids), strict=False).to_physical().cast(pl.Int64)
 
 
-def _to_edges(agg: pl.LazyFrame, src_type: str, dst_type: str, src_col: str, dst_col: str,
-              index: dict[str, pl.DataFrame], table: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    s_idx, d_idx = f"{src_type}_idx", f"{dst_type}_idx"
-    joined = (agg.join(index[src_type].lazy().rename({NODE_TABLES[src_type][1]: src_col}),
-                       on=src_col, how="left")
-              .join(index[dst_type].lazy().rename({NODE_TABLES[dst_type][1]: dst_col}),
-                    on=dst_col, how="left")
-              .collect())
-    for idx_col, id_col, node_type in ((s_idx, src_col, src_type), (d_idx, dst_col, dst_type)):
-        unknown = joined.filter(pl.col(idx_col).is_null())
-        if unknown.height:
-            raise ValueError(f"{table}.{id_col}: {unknown.height} id(s) not in table "
-                             f"{NODE_TABLES[node_type][0]}; example: {unknown[id_col][0]!r}")
-    joined = joined.sort([s_idx, d_idx])
-    attrs = joined.select(EDGE_ATTRS).to_numpy()
-    return joined[s_idx].to_numpy(), joined[d_idx].to_numpy(), attrs
+def _aggregate(frame: pl.LazyFrame, src: pl.Expr, dst: pl.Expr, n_dst: int, amount: str,
+               day: str) -> pl.LazyFrame:
+    """One row per (src, dst) pair, sorted by pair: key = src * n_dst + dst, count, amount
+    (yuan), first and last day number; a null key marks rows whose ids are not nodes."""
+    return (frame.group_by((src * n_dst + dst).alias("key"))
+            .agg(pl.len().cast(pl.Float64).alias("count"),
+                 pl.col(amount).sum().cast(pl.Float64).alias("amount"),
+                 pl.col(day).min().cast(pl.Int32).cast(pl.Float64).alias("first_day"),
+                 pl.col(day).max().cast(pl.Int32).cast(pl.Float64).alias("last_day"))
+            .sort("key", nulls_last=True))
+
+
+def _unknown_ids(frame: pl.LazyFrame, columns: dict[str, str], ids: dict[str, pl.Series],
+                 table: str) -> ValueError:
+    """The error for ids of ``frame`` that are not nodes (only computed when some exist)."""
+    for column, node_type in columns.items():
+        bad = (frame.filter(_code(column, ids[node_type]).is_null())
+               .select(pl.len(), pl.col(column).first()).collect())
+        if bad[0, 0]:
+            return ValueError(f"{table}.{column}: {bad[0, 0]} id(s) not in table "
+                              f"{NODE_TABLES[node_type][0]}; example: {bad[0, 1]!r}")
+    return ValueError(f"{table}: ids not in the entity tables")  # unreachable: a key was null
 
 
 def _standardise(matrix: np.ndarray) -> np.ndarray:
@@ -93,7 +101,7 @@ def degree_features(data: HeteroData, node_type: str, n: int) -> tuple[np.ndarra
             continue
         store = data[s, r, d]
         src = store.edge_index[0].numpy()
-        attrs = store.edge_attr.double().numpy()
+        attrs = store.edge_attr[:, :2].numpy()  # count, amount (bincount sums in float64)
         columns.append(np.log1p(np.bincount(src, weights=attrs[:, 0], minlength=n)))
         columns.append(np.log1p(np.bincount(src, weights=np.clip(attrs[:, 1], 0, None), minlength=n)))
         names += [f"log_count_{r}", f"log_amount_{r}"]
@@ -120,7 +128,8 @@ def build_claims_graph(dataset: Dataset, features: FeatureSet | None = None,
     ClaimsGraph with relations :data:`RELATIONS` and their ``rev_`` reverses; edge
     attributes are count, amount (sum of claim ``total_amount``, yuan), first/last day.
     """
-    index = {t: _node_index(dataset, t) for t in NODE_TABLES}
+    ids = {t: _node_index(dataset, t) for t in NODE_TABLES}
+    n = {t: len(v) for t, v in ids.items()}
     claims = dataset.scan("claims").select(
         "claim_id", "patient_id", "doctor_id", "facility_id", "service_date", "total_amount")
     rx = dataset.scan("prescriptions").select(
@@ -133,57 +142,68 @@ def build_claims_graph(dataset: Dataset, features: FeatureSet | None = None,
         pl.col("total_amount").fill_null(0.0),
         pl.col("issued_at").dt.date().alias("issued_day"),
         pl.col("filled_at").dt.date().alias("filled_day"))
+    filled = rx.filter(pl.col("filled_at").is_not_null())
+    doctor, patient = _code("doctor_id", ids["doctor"]), _code("patient_id", ids["patient"])
+    pharmacy, facility = _code("pharmacy_id", ids["pharmacy"]), _code("facility_id", ids["facility"])
 
-    data = HeteroData()
+    # edge type -> (aggregated pairs, source frame, id column -> node type, table)
     edges = {
         ("doctor", "treats", "patient"): (
-            _aggregate(claims, "doctor_id", "patient_id", "total_amount", "service_date"),
-            "doctor_id", "patient_id", "claims"),
+            _aggregate(claims, doctor, patient, n["patient"], "total_amount", "service_date"),
+            claims, {"doctor_id": "doctor", "patient_id": "patient"}, "claims"),
         ("doctor", "prescribes_to", "pharmacy"): (
-            _aggregate(rx, "doctor_id", "pharmacy_id", "total_amount", "issued_day"),
-            "doctor_id", "pharmacy_id", "prescriptions"),
+            _aggregate(rx, doctor, pharmacy, n["pharmacy"], "total_amount", "issued_day"),
+            rx, {"doctor_id": "doctor", "pharmacy_id": "pharmacy"}, "prescriptions"),
         ("patient", "fills_at", "pharmacy"): (
-            _aggregate(rx.filter(pl.col("filled_at").is_not_null()), "patient_id", "pharmacy_id",
-                       "total_amount", "filled_day"),
-            "patient_id", "pharmacy_id", "prescriptions"),
+            _aggregate(filled, patient, pharmacy, n["pharmacy"], "total_amount", "filled_day"),
+            filled, {"patient_id": "patient", "pharmacy_id": "pharmacy"}, "prescriptions"),
         ("patient", "visits", "facility"): (
-            _aggregate(claims, "patient_id", "facility_id", "total_amount", "service_date"),
-            "patient_id", "facility_id", "claims"),
+            _aggregate(claims, patient, facility, n["facility"], "total_amount", "service_date"),
+            claims, {"patient_id": "patient", "facility_id": "facility"}, "claims"),
     }
     # works_at: the affiliation of the doctors table plus any facility a doctor billed at;
     # affiliations without claims in the window get count 0 and unknown days (-1).
-    billed = _aggregate(claims, "doctor_id", "facility_id", "total_amount", "service_date")
-    home = dataset.scan("doctors").select("doctor_id", "facility_id")
-    works = (billed.join(home, on=["doctor_id", "facility_id"], how="full", coalesce=True)
+    billed = _aggregate(claims, doctor, facility, n["facility"], "total_amount", "service_date")
+    doctors = dataset.scan("doctors").select("doctor_id", "facility_id")
+    home = doctors.select((doctor * n["facility"] + facility).alias("key")).unique()
+    works = (billed.join(home, on="key", how="full", coalesce=True)
              .with_columns(pl.col("count", "amount").fill_null(0.0),
-                           pl.col("first_day", "last_day").fill_null(-1.0)))
-    edges[("doctor", "works_at", "facility")] = (works, "doctor_id", "facility_id", "claims")
+                           pl.col("first_day", "last_day").fill_null(-1.0))
+             .sort("key", nulls_last=True))
+    edges[("doctor", "works_at", "facility")] = (
+        works, pl.concat([claims.select("doctor_id", "facility_id"), doctors]),
+        {"doctor_id": "doctor", "facility_id": "facility"}, "claims or doctors")
 
-    for edge_type in RELATIONS:
-        agg, src_col, dst_col, table = edges[edge_type]
-        src, dst, attrs = _to_edges(agg, edge_type[0], edge_type[2], src_col, dst_col, index, table)
-        add_relation(data, edge_type, src, dst, attrs)
+    # one query: the claims / prescriptions scans and the prescription-claim join are shared
+    collected = pl.collect_all([edges[et][0] for et in RELATIONS])
+    data = HeteroData()
+    for edge_type, agg in zip(RELATIONS, collected):
+        _, frame, columns, table = edges[edge_type]
+        if agg["key"].null_count():
+            raise _unknown_ids(frame, columns, ids, table)
+        key = agg["key"].to_numpy()
+        n_dst = n[edge_type[2]]
+        add_relation(data, edge_type, key // n_dst, key % n_dst, agg.select(EDGE_ATTRS).to_numpy())
 
     node_ids, names = {}, {}
     for node_type, (_, id_col) in NODE_TABLES.items():
-        ids = index[node_type][id_col]
-        node_ids[node_type] = ids
-        n = len(ids)
+        node_ids[node_type] = ids[node_type]
+        n_t = n[node_type]
         frame = features.frames.get(node_type) if features is not None else None
         cols = features.columns.get(node_type, []) if features is not None else []
         if frame is not None and cols:
             missing = [c for c in cols if c not in frame.columns]
             if missing:
                 raise KeyError(f"features.frames[{node_type!r}] lacks feature column(s) {missing}")
-            matrix = (pl.DataFrame({id_col: ids})
+            matrix = (pl.DataFrame({id_col: ids[node_type]})
                       .join(frame.select([id_col, *cols]), on=id_col, how="left",
                             maintain_order="left")
                       .select(cols).cast(pl.Float64).to_numpy())
             x, names[node_type] = _standardise(matrix), list(cols)
         else:
-            x, names[node_type] = degree_features(data, node_type, n)
+            x, names[node_type] = degree_features(data, node_type, n_t)
             x = _standardise(x)
         data[node_type].x = torch.from_numpy(x.astype(np.float32))
-        data[node_type].num_nodes = n
+        data[node_type].num_nodes = n_t
     return ClaimsGraph(data=data, node_ids=node_ids, feature_names=names, window=window,
                        meta={"source": str(dataset.path)})

@@ -7,6 +7,7 @@ detector runs on either.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -23,6 +24,67 @@ REVERSE_PREFIX = "rev_"
 
 # Column order of every edge_attr tensor built by this package.
 EDGE_ATTRS = ("count", "amount", "first_day", "last_day")
+
+
+@dataclass(frozen=True)
+class MeanAdjacency:
+    """Row-normalised adjacency of one relation, for mean aggregation as a sparse product.
+
+    Attributes
+    ----------
+    matrix : sparse CSR float32 (n_dst, n_src); row ``v`` holds 1 / in-degree(v) at each
+        source of ``v`` (a duplicated edge counts twice), so ``matrix @ x_src`` is the mean
+        of the incoming messages, 0 for a node without any (PyG's scatter-mean).
+    transpose : ``matrix.T`` as its own CSR (n_src, n_dst), kept so the backward pass is
+        one more sparse product instead of a per-epoch transpose.
+    """
+
+    matrix: torch.Tensor
+    transpose: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_dst, n_src)."""
+        return tuple(self.matrix.shape)
+
+
+def _torch_csr(matrix: sp.csr_matrix) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # torch flags every CSR tensor as "beta"; the products used here are stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr), torch.from_numpy(matrix.indices),
+            torch.from_numpy(matrix.data), matrix.shape, check_invariants=True)
+
+
+def mean_adjacency(edge_index: torch.Tensor, n_src: int, n_dst: int) -> MeanAdjacency:
+    """Build the :class:`MeanAdjacency` of an ``edge_index`` (int64 (2, m), row 0 = source).
+
+    One O(m) pass (scipy COO -> CSR, duplicates summed, column indices sorted so the sparse
+    products add in a fixed order); int32 indices while they fit, which halves the index
+    traffic of every product.
+    """
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index must have shape (2, m), got {tuple(edge_index.shape)}")
+    src, dst = edge_index.numpy()
+    for name, idx, n in (("source", src, n_src), ("destination", dst, n_dst)):
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(f"edge_index {name} indices must lie in [0, {n}), found "
+                             f"[{idx.min()}, {idx.max()}]")
+    ones = np.ones(len(src), dtype=np.float32)
+    matrix = sp.csr_matrix((ones, (dst, src)), shape=(n_dst, n_src))
+    matrix.sum_duplicates()
+    degree = np.diff(matrix.indptr)
+    # entries are edge multiplicities after summing duplicates; per-row sums via reduceat
+    # over the non-empty rows' starts (an empty row shares its start with the next row)
+    row_sum = (np.add.reduceat(matrix.data, matrix.indptr[:-1][degree > 0]) if matrix.nnz
+               else np.zeros(0, dtype=np.float32))
+    inverse = np.zeros(n_dst, dtype=np.float32)
+    inverse[degree > 0] = 1.0 / row_sum
+    matrix.data *= np.repeat(inverse, degree)
+    transpose = matrix.T.tocsr()
+    transpose.sort_indices()
+    return MeanAdjacency(_torch_csr(matrix), _torch_csr(transpose))
 
 
 @dataclass
@@ -49,6 +111,9 @@ class ClaimsGraph:
     labels: dict[str, pl.Series] = field(default_factory=dict)
     window: tuple[date, date] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # edge type -> (edge_index it was built from, its version counter, MeanAdjacency)
+    _mean_adjacency: dict[EdgeType, tuple[torch.Tensor, int, MeanAdjacency]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def node_types(self) -> list[str]:
@@ -94,6 +159,24 @@ class ClaimsGraph:
             values = store.edge_attr[:, EDGE_ATTRS.index(weight)].double().numpy()
         shape = (self.num_nodes(edge_type[0]), self.num_nodes(edge_type[2]))
         return sp.csr_matrix((values, (src, dst)), shape=shape)
+
+    def mean_adjacency(self, edge_type: EdgeType) -> MeanAdjacency:
+        """Row-normalised adjacency of one relation for mean aggregation (messages src -> dst).
+
+        Built once per relation and cached on the graph, so a training loop pays for it once
+        rather than every epoch; the cache is rebuilt if ``edge_index`` is replaced or
+        modified in place.
+        """
+        if edge_type not in self.data.edge_types:
+            raise KeyError(f"graph has no edge type {edge_type}; edge types: {self.edge_types}")
+        edge_index = self.data[edge_type].edge_index
+        cached = self._mean_adjacency.get(edge_type)
+        if cached is None or cached[0] is not edge_index or cached[1] != edge_index._version:
+            adjacency = mean_adjacency(edge_index, self.num_nodes(edge_type[0]),
+                                       self.num_nodes(edge_type[2]))
+            cached = (edge_index, edge_index._version, adjacency)
+            self._mean_adjacency[edge_type] = cached
+        return cached[2]
 
     def homogeneous(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
         """Project onto one node set for spectral / GCN models.
