@@ -48,12 +48,30 @@ def test_ring_detector_on_tiny_claims_graph(tiny_dataset):
         assert out.height == graph.num_nodes(level)
         assert out["score"].min() >= 0 and np.isfinite(out["score"].to_numpy()).all()
         scores[level] = out
-    relations = {c.relation[1] for c in det.candidates_}
-    assert relations <= {"treats", "prescribes_to"} and det.candidates_
+    # the claims search: one candidate per ring, with its patients, doctors and pharmacy
+    assert det.candidates_ and all(c.relation is None for c in det.candidates_)
+    assert all(set(c.members) == {"patient", "doctor", "pharmacy"} for c in det.candidates_)
     labels = Labels.from_dataset(tiny_dataset)
-    ring_doctors = labels.positives("doctor", "collusion_ring")["doctor_id"]
-    assert ring_doctors.len() > 0  # the tiny preset plants collusion rings
-    doctors = scores["doctor"].with_columns(pl.col("id").is_in(ring_doctors.implode()).alias("y"))
-    # ring doctors sit in denser blocks than the others, on average
-    mean = doctors.group_by("y").agg(pl.col("score").mean()).sort("y")["score"].to_list()
-    assert mean[1] > mean[0]
+    for level, id_col in (("doctor", "doctor_id"), ("patient", "patient_id")):
+        positives = labels.positives(level, "collusion_ring")[id_col]
+        assert positives.len() > 0  # the tiny preset plants collusion rings
+        out = scores[level].with_columns(pl.col("id").is_in(positives.implode()).alias("y"))
+        # most flagged entities are ring members, and most ring members are flagged
+        flagged = out.filter(pl.col("score") > 0)
+        assert flagged.height and flagged["y"].mean() >= 0.75
+        assert out.filter(pl.col("y"))["score"].gt(0).mean() >= 0.6
+    reasons = scores["doctor"].filter(pl.col("score") > 0)["reasons"].to_list()
+    assert all(r and r[0].startswith("ring_") and r[0].endswith("_claims") for r in reasons)
+    back = detector_from_state(det.to_state())
+    assert [c.meta for c in back.candidates_] == [c.meta for c in det.candidates_]
+    assert back.score(features)["score"].to_list() == scores["pharmacy"]["score"].to_list()
+
+
+def test_ring_detector_relations_override_the_claims_search(tiny_dataset):
+    features = FeatureSet(frames={}, columns={}, graph=build_claims_graph(tiny_dataset))
+    det = make_detector("ring", level="doctor", relations=[["doctor", "treats", "patient"]])
+    det.fit(features)
+    assert det.candidates_
+    assert {c.relation for c in det.candidates_} == {("doctor", "treats", "patient")}
+    with pytest.raises(ValueError, match="unknown parameter"):
+        make_detector("ring", level="doctor", quantil=0.9)

@@ -1,8 +1,14 @@
-import numpy as np
-import scipy.sparse as sp
+from datetime import date
 
-from medfraud.graph import find_rings, load_generic_graph, make_fraudar_benchmark, peel, ring_recovery
-from medfraud.graph.ring import peel_blocks
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from ring_testkit import honest_core_with_ring
+
+from medfraud.graph import (build_claims_graph, find_rings, load_generic_graph,
+                            make_fraudar_benchmark, peel, ring_recovery)
+from medfraud.graph.ring import (claims_evidence, excess_evidence, expand_block, find_claims_rings,
+                                 peel_blocks, shuffled_null)
 
 REVIEWS = ("user", "reviews", "item")
 
@@ -79,3 +85,88 @@ def test_bucketed_fast_phase_agrees_with_exact_peeling():
     jaccard = (len(set(fast.rows) & set(exact.rows)) + len(set(fast.cols) & set(exact.cols))) / (
         len(set(fast.rows) | set(exact.rows)) + len(set(fast.cols) | set(exact.cols)))
     assert jaccard >= 0.9 and fast.density >= 0.95 * exact.density
+
+
+def test_excess_evidence_is_log_excess_over_the_quantile():
+    m = sp.csr_matrix(np.array([[1.0, 2.0, 0.0], [4.0, 8.0, 16.0]]))
+    out = excess_evidence(m, quantile=0.5)          # reference = 4, the median stored value
+    assert np.allclose(out.toarray(), [[0, 0, 0], [0, np.log(2), np.log(4)]])
+    assert out.nnz == 2                              # edges at or below the reference drop out
+    with pytest.raises(ValueError, match="quantile must be in"):
+        excess_evidence(m, quantile=1.0)
+
+
+def test_shuffled_null_keeps_row_weights_and_is_seeded():
+    m = sp.random(200, 150, density=0.05, random_state=1, format="csr") * 10
+    a, b, c = shuffled_null(m, seed=3), shuffled_null(m, seed=3), shuffled_null(m, seed=4)
+    assert np.allclose(np.asarray(a.sum(axis=1)).ravel(), np.asarray(m.sum(axis=1)).ravel())
+    assert np.isclose(a.sum(), m.sum()) and (a != b).nnz == 0 and (a != c).nnz > 0
+
+
+def test_expand_block_adds_members_tied_to_most_of_the_block():
+    m = np.zeros((6, 5))
+    m[:4, :3] = 1.0          # rows 0-3 x cols 0-2: the ring
+    m[4, 0] = 1.0            # row 4 touches one column of three: stays out
+    m[5, 3:] = 1.0           # unrelated
+    rows, cols = expand_block(sp.csr_matrix(m), np.array([0, 1]), np.array([0, 1, 2]))
+    assert rows.tolist() == [0, 1, 2, 3] and cols.tolist() == [0, 1, 2]
+
+
+def test_claims_search_recovers_a_ring_hidden_under_an_honest_dense_core():
+    graph, ring = honest_core_with_ring(seed=0)
+    # plain peeling finds the honest facility blocks, not the ring
+    plain, _ = find_rings(graph, ("doctor", "treats", "patient"), weight="count", n_blocks=5)
+    assert ring_recovery(plain, {"r": ring})["recall"] == 0.0
+    candidates, scores = find_claims_rings(graph)
+    report = ring_recovery(candidates, {"r": ring})
+    assert report["per_ring"]["r"] == 1.0 and report["precision"] == 1.0
+    best = candidates[0]
+    sizes = {k: len(v) for k, v in best.members.items()}
+    assert sizes == {"patient": 8, "doctor": 4, "pharmacy": 1}
+    assert best.relation is None and best.meta["null_density"] < best.density
+    assert best.amount > 8 * 4 * 3 * 1000 and best.n_edges >= 8 * 5
+    ids = graph.node_ids["doctor"].to_list()
+    flagged = {ids[i] for i in np.flatnonzero(scores["doctor"] > 0)}
+    assert flagged == {m for m in ring if m.startswith("D")}
+    # a null bar set above the ring's density leaves nothing
+    above = best.density / best.meta["null_density"] + 0.1
+    assert find_claims_rings(graph, significance=above)[0] == []
+
+
+def test_one_off_big_sales_through_one_pharmacy_are_not_a_ring():
+    graph, ring = honest_core_with_ring(seed=0, one_off=True)
+    found = find_claims_rings(graph)[0]
+    assert [c.member_set() for c in found] == [ring]
+    # the block is there: without the "patients see several of its doctors" test
+    # (min_doctors=1 lowers it to one doctor) it becomes a second candidate
+    loose = find_claims_rings(graph, min_doctors=1)[0]
+    assert len(loose) == 2 and {"D020", "D025", "R009"} <= loose[1].member_set()
+
+
+def test_claims_search_is_deterministic_and_checks_its_inputs():
+    graph, _ = honest_core_with_ring(seed=1)
+    a, b = find_claims_rings(graph, seed=5)[0], find_claims_rings(graph, seed=5)[0]
+    assert [c.members for c in a] == [c.members for c in b]
+    with pytest.raises(ValueError, match="evidence must be one of"):
+        claims_evidence(graph, evidence="counts")
+    graph.data = graph.data.edge_type_subgraph([("doctor", "treats", "patient")])
+    with pytest.raises(ValueError, match="needs relations"):
+        find_claims_rings(graph)
+
+
+def test_claims_search_on_the_tiny_preset_finds_its_rings(tiny_dataset):
+    import polars as pl
+
+    graph = build_claims_graph(tiny_dataset)
+    labels = tiny_dataset.read("labels_entities").filter(pl.col("typology") == "collusion_ring")
+    rings = {r: set(m) for r, m in labels.group_by("ring_id").agg("entity_id").iter_rows()}
+    assert len(rings) >= 2
+    for evidence in ("amount", "high_value"):
+        candidates, _ = find_claims_rings(graph, evidence=evidence)
+        report = ring_recovery(candidates, rings)
+        assert report["recall"] >= 0.6 and report["precision"] >= 0.6, (evidence, report)
+        assert all(c.members["doctor"] and c.members["patient"] for c in candidates)
+    # a window without claims has no evidence and no candidates
+    empty = build_claims_graph(tiny_dataset, window=(date(2030, 1, 1), date(2030, 1, 31)))
+    assert find_claims_rings(empty) == ([], {t: pytest.approx(np.zeros(empty.num_nodes(t)))
+                                             for t in ("patient", "doctor", "pharmacy")})

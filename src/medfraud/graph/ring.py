@@ -13,6 +13,14 @@ Peeling removes one node per step.  The minimum is found with a two-level bucket
 one bucket), and a removal updates all its neighbours at once with numpy, so the only
 Python loop is one iteration per removed node.  On large graphs the sparse fringe is first
 peeled in vectorised (1 + epsilon) priority buckets until ``exact_below`` nodes remain.
+
+On a claims graph, plain counts make honest structure the densest part of the graph
+(patients see the doctors of their facility again and again; chronic patients keep one
+doctor), so :func:`find_claims_rings` peels *evidence* instead: one bipartite matrix
+patients x (doctors + pharmacies) whose edges weigh log+(amount / upper-decile amount) of
+the relation, keeps blocks whose density beats the same search on a degree-preserving
+shuffle of that matrix, requires several doctors and several patients per ring, and grows
+each block by the patients and columns it links to (see docs/graph.md).
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from scipy.sparse.csgraph import connected_components
 from medfraud.graph.core import EDGE_ATTRS, ClaimsGraph, EdgeType
 
 WEIGHTINGS = ("log", "none")
+TREATS: EdgeType = ("doctor", "treats", "patient")
+FILLS: EdgeType = ("patient", "fills_at", "pharmacy")
+EVIDENCE = ("amount", "high_value")
 MAX_SPLIT_NODES = 5_000  # larger peeled blocks are split by plain connectivity only
 
 
@@ -178,18 +189,21 @@ def peel(matrix: sp.spmatrix, weighting: str = "log", c: float = 5.0,
 
 def peel_blocks(matrix: sp.spmatrix, n_blocks: int = 5, weighting: str = "log", c: float = 5.0,
                 min_density: float = 0.0, min_size: int = 2,
-                relative_density: float = 0.75) -> list[PeelResult]:
+                relative_density: float = 0.75,
+                col_weight: np.ndarray | None = None) -> list[PeelResult]:
     """Extract up to ``n_blocks`` blocks: peel, remove the block's nodes, peel again.
 
     Each peeled block is split into connected components (one candidate each).
 
     Column weights are fixed from the full graph so later blocks are scored on the same
-    scale.  Stops early when a block is smaller than ``min_size`` nodes, its density is at
-    most ``min_density`` or below ``relative_density`` times the first block's density (the
-    background of an honest graph has a dense core too), or no edges remain.
+    scale (``col_weight``, shape (n_cols,), overrides them, e.g. to score a null copy of
+    the graph on the real graph's weights).  Stops early when a block is smaller than
+    ``min_size`` nodes, its density is at most ``min_density`` or below
+    ``relative_density`` times the first block's density (the background of an honest
+    graph has a dense core too), or no edges remain.
     """
     matrix = sp.csr_matrix(matrix, dtype=np.float64)
-    w = column_weights(matrix, weighting, c)
+    w = column_weights(matrix, weighting, c) if col_weight is None else col_weight
     row_keep = np.ones(matrix.shape[0])
     col_keep = np.ones(matrix.shape[1])
     blocks: list[PeelResult] = []
@@ -309,6 +323,197 @@ def find_rings(graph: ClaimsGraph, edge_type: EdgeType, n_blocks: int = 5, weigh
     return candidates, scores
 
 
+def excess_evidence(matrix: sp.spmatrix, quantile: float = 0.9) -> sp.csr_matrix:
+    """Edge evidence log+(a / a_q): how many e-folds an edge's value exceeds the relation's
+    ``quantile`` edge value.
+
+    Most honest edges weigh exactly 0 and drop out, so the honest mass that swamps plain
+    average-degree peeling on a claims graph (facility blocks, chronic patients and their
+    regular doctor) is gone, while repeated high-value interactions keep a weight that
+    grows with the log of their money.
+
+    Parameters
+    ----------
+    matrix : (n_rows, n_cols), non-negative edge values (e.g. yuan per doctor-patient pair).
+    quantile : in [0, 1); the reference value a_q is this quantile of the stored edge values.
+
+    Returns
+    -------
+    csr_matrix float64 of the same shape, zeros eliminated.
+    """
+    if not 0.0 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0, 1), got {quantile}")
+    out = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
+    out.data = np.maximum(out.data, 0.0)
+    out.eliminate_zeros()
+    if out.nnz == 0:
+        return out
+    reference = float(np.quantile(out.data, quantile))
+    if reference <= 0.0:
+        reference = float(out.data.min())
+    out.data = np.log(np.maximum(out.data, reference) / reference)
+    out.eliminate_zeros()
+    return out
+
+
+def claims_evidence(graph: ClaimsGraph, quantile: float = 0.9,
+                    evidence: str = "amount") -> sp.csr_matrix:
+    """The tripartite ring evidence of a claims graph as one bipartite matrix.
+
+    Rows are patients; columns are doctors (``treats``: the claims between doctor and
+    patient, which include the pharmacy sales the doctor prescribed) followed by
+    pharmacies (``fills_at``).  A collusion ring is a block of recruited patients, the
+    doctors they all see and the pharmacy they all fill at, so its doctors and pharmacy
+    land in the same block as columns.
+
+    Parameters
+    ----------
+    graph : a claims graph with ``treats`` and ``fills_at``.
+    quantile : reference quantile of :func:`excess_evidence`, per relation.
+    evidence : ``"amount"``: :func:`excess_evidence` of the edge's total amount (repeated
+        and high-value interactions both raise it); ``"high_value"``: the same, kept only
+        on edges whose mean amount per claim also exceeds the relation's ``quantile`` of
+        per-claim means (many cheap claims, e.g. a chronic patient's refills with his
+        regular doctor, then carry no weight).
+
+    Returns
+    -------
+    csr_matrix float64 (n_patients, n_doctors + n_pharmacies).
+    """
+    if evidence not in EVIDENCE:
+        raise ValueError(f"evidence must be one of {EVIDENCE}, got {evidence!r}")
+    missing = [et for et in (TREATS, FILLS) if et not in graph.edge_types]
+    if missing:
+        raise ValueError(f"claims ring search needs relations {missing}; edge types: "
+                         f"{graph.edge_types}")
+    parts = []
+    for edge_type in (TREATS, FILLS):
+        amount = graph.adjacency(edge_type, "amount")
+        weight = excess_evidence(amount, quantile)
+        if evidence == "high_value":
+            count = graph.adjacency(edge_type, "count")
+            per_claim = sp.csr_matrix(amount.multiply(count.power(-1.0)))
+            weight = sp.csr_matrix(weight.multiply(excess_evidence(per_claim, quantile) > 0))
+            weight.eliminate_zeros()
+        parts.append(weight.T if edge_type == TREATS else weight)
+    return sp.csr_matrix(sp.hstack(parts))
+
+
+def shuffled_null(matrix: sp.spmatrix, seed: int = 0) -> sp.csr_matrix:
+    """A degree-preserving random copy of a bipartite matrix: the column end of every edge
+    is permuted (seeded), so each row keeps its edges and weights and each column its edge
+    count; duplicated pairs are summed.  What peeling finds here is density by chance."""
+    coo = sp.coo_matrix(matrix)
+    cols = np.random.default_rng(seed).permutation(coo.col)
+    return sp.csr_matrix((coo.data, (coo.row, cols)), shape=coo.shape)
+
+
+def expand_block(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
+                 share: float = 0.5, min_links: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Grow a peeled block by the rows, then the columns, tied to most of it.
+
+    Average-degree density drops a ring's lighter members (a recruited patient with fewer
+    or cheaper cycles lowers g(S) although he belongs to the ring) and iterated peeling
+    removes a ring's doctors with its first block.  A row joins when it has edges to at
+    least max(``min_links``, ``share`` x |cols|) of the block's columns; then a column
+    joins when it has edges to at least max(``min_links``, ``share`` x |rows|) rows.
+
+    Returns
+    -------
+    (rows, cols): sorted int64 indices, supersets of the input.
+    """
+    binary = sp.csr_matrix(matrix, copy=True)
+    binary.data = np.ones_like(binary.data)
+    col_mask = np.zeros(matrix.shape[1])
+    col_mask[cols] = 1.0
+    links = binary @ col_mask
+    need = max(min_links, share * len(cols))
+    rows = np.union1d(rows, np.flatnonzero(links >= need)).astype(np.int64)
+    row_mask = np.zeros(matrix.shape[0])
+    row_mask[rows] = 1.0
+    links = binary.T @ row_mask
+    need = max(min_links, share * len(rows))
+    cols = np.union1d(cols, np.flatnonzero(links >= need)).astype(np.int64)
+    return rows, cols
+
+
+def find_claims_rings(graph: ClaimsGraph, max_rings: int = 200, quantile: float = 0.9,
+                      evidence: str = "amount", weighting: str = "log", c: float = 5.0,
+                      min_doctors: int = 2, min_patients: int = 3, significance: float = 1.0,
+                      expand: float = 0.5, null_rounds: int = 3, seed: int = 0,
+                      ) -> tuple[list[RingCandidate], dict[str, np.ndarray]]:
+    """Collusion-ring candidates (patients, doctors, pharmacies) of a claims graph.
+
+    1. Evidence matrix patients x (doctors + pharmacies) (:func:`claims_evidence`).
+    2. Null density: the densest block FRAUDAR finds on a degree-preserving shuffle of
+       that matrix (:func:`shuffled_null`; median over ``null_rounds`` seeds) times
+       ``significance`` is the bar a block must beat: what the same degrees and weights
+       give by chance.
+    3. Iterated FRAUDAR peeling (:func:`peel_blocks`, log column weighting) until a block's
+       density is at or below the bar or ``max_rings`` blocks are out.
+    4. A block is a ring candidate when, after :func:`expand_block` (``expand`` = share
+       of the block a member must link to), it holds at least ``min_doctors`` doctors and
+       ``min_patients`` patients and its median patient has evidence edges to at least
+       min(``min_doctors``, 2) of its doctors: one doctor with his patients, or a pharmacy
+       with a few big one-off sales and their prescribers, is not a ring.
+
+    Parameters
+    ----------
+    graph : a claims graph with ``treats`` and ``fills_at`` (:func:`build_claims_graph`).
+    max_rings : most blocks peeled (a cap; the null bar normally stops earlier).
+    quantile, evidence : edge evidence (see :func:`claims_evidence`).
+    weighting, c : FRAUDAR column weighting (see :func:`column_weights`).
+    min_doctors, min_patients : structural test of a ring (see 4.).
+    significance : multiple of the null density a block must exceed.
+    expand : see :func:`expand_block` (0 disables expansion).
+    null_rounds : number of shuffles (seeds ``seed``, ``seed + 1``, ...).
+    seed : seed of the first null shuffle.
+
+    Returns
+    -------
+    candidates : list of :class:`RingCandidate` (members patient / doctor / pharmacy,
+        density g(S) under the evidence weights, ``n_edges`` evidence edges inside,
+        ``amount`` yuan of all claims between its doctors and patients), densest first;
+        ``meta`` holds the null bar.
+    scores : node type -> float64 (n_t,) density of the densest candidate holding the node,
+        0 elsewhere (patient, doctor, pharmacy).
+    """
+    matrix = claims_evidence(graph, quantile, evidence)
+    n_doctors = graph.num_nodes("doctor")
+    w = column_weights(matrix, weighting, c)
+    null = [peel(shuffled_null(matrix, seed + k), col_weight=w).density
+            for k in range(null_rounds)]
+    bar = significance * float(np.median(null)) if null else 0.0
+    blocks = peel_blocks(matrix, n_blocks=max_rings, col_weight=w, min_density=bar,
+                         relative_density=0.0)
+    amounts = graph.adjacency(TREATS, "amount")
+    scores = {t: np.zeros(graph.num_nodes(t)) for t in ("patient", "doctor", "pharmacy")}
+    candidates = []
+    for block in blocks:                                        # one iteration per block
+        rows, cols = block.rows, block.cols
+        if expand > 0:
+            rows, cols = expand_block(matrix, rows, cols, share=expand)
+        doctors, pharmacies = cols[cols < n_doctors], cols[cols >= n_doctors] - n_doctors
+        if len(doctors) < min_doctors or len(rows) < min_patients:
+            continue
+        # the same patients see several of the ring's doctors (a pharmacy with a few
+        # big one-off sales and their prescribers is another typology)
+        seen = np.diff(sp.csr_matrix(matrix[rows][:, doctors]).indptr)
+        if np.median(seen) < min(min_doctors, 2):
+            continue
+        members = {}
+        for node_type, idx in (("patient", rows), ("doctor", doctors), ("pharmacy", pharmacies)):
+            members[node_type] = sorted(graph.node_ids[node_type].gather(idx).to_list())
+            scores[node_type][idx] = np.maximum(scores[node_type][idx], block.density)
+        candidates.append(RingCandidate(
+            members=members, density=block.density, n_edges=int(matrix[rows][:, cols].nnz),
+            amount=float(amounts[doctors][:, rows].sum()), relation=None,
+            meta={"method": "claims_evidence", "evidence": evidence, "quantile": quantile,
+                  "null_density": bar}))
+    candidates.sort(key=lambda cand: -cand.density)
+    return candidates, scores
+
+
 def ring_recovery(candidates: list[RingCandidate] | list[set[str]],
                   true_rings: dict[str, set[str]], threshold: float = 0.5,
                   universe: set[str] | None = None) -> dict:
@@ -347,5 +552,6 @@ def ring_recovery(candidates: list[RingCandidate] | list[set[str]],
     }
 
 
-__all__ = ["EDGE_ATTRS", "PeelResult", "RingCandidate", "column_weights", "find_rings", "peel",
-           "peel_blocks", "ring_recovery"]
+__all__ = ["EDGE_ATTRS", "PeelResult", "RingCandidate", "claims_evidence", "column_weights",
+           "excess_evidence", "expand_block", "find_claims_rings", "find_rings", "peel",
+           "peel_blocks", "ring_recovery", "shuffled_null"]
