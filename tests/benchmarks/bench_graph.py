@@ -6,8 +6,9 @@ Run::
 
 The dataset is the generator's ``medium`` preset (about 2M claims; kept between runs in
 ``--data``), or, when ``data_synth`` is unavailable, ``_synth.synthesize`` tables of the
-same size.  The graph build runs in a fresh interpreter on 2 cores (wall s, peak RSS);
-the epoch and ring timings run in this process on the graph it builds.  Results go to
+same size.  The graph build and the GraphSAGE epochs run in fresh interpreters on 2 cores
+(wall s, CPU s, peak RSS; see ``_graph_cases.py``); ring discovery runs in this process on
+the graph it builds.  Results go to
 tests/benchmarks/results/graph.json and graph.md.  Targets: build <= 20 s and < 2 GiB
 peak; one full-batch GraphSAGE epoch <= 2 s; ring discovery <= 60 s.
 """
@@ -48,7 +49,8 @@ def dataset_path(data: Path, preset: str, claims: int | None) -> Path:
 
 
 def run_build(path: str) -> None:
-    """The measured call of the build case."""
+    """The measured call of the cold build case: torch / PyG are imported inside the clock
+    (the headline build figure is ``_graph_cases.run_build``, imports done beforehand)."""
     from medfraud.dataset import Dataset
     from medfraud.graph import build_claims_graph
 
@@ -56,31 +58,27 @@ def run_build(path: str) -> None:
     assert graph.num_nodes("patient") > 0
 
 
-def sage_epochs(graph, n_epochs: int = 3) -> list[tuple[float, float]]:
-    """(wall, CPU) seconds of each full-batch training epoch (forward, backward, Adam step)
-    of heterogeneous GraphSAGE scoring doctors, after one warm-up epoch."""
-    import torch
+def epoch_case(path: Path, wait_policy: str | None = None) -> dict:
+    """``_graph_cases.run_epochs`` in a fresh interpreter on 2 cores (2 torch threads).
 
-    from medfraud.graph.models import HeteroSAGE
+    ``wait_policy`` sets ``OMP_WAIT_POLICY`` for that process only: on a machine shared with
+    other jobs, "PASSIVE" stops the OpenMP threads spinning at barriers while their sibling
+    waits for a core.
+    """
+    import tempfile
 
-    torch.manual_seed(0)
-    model = HeteroSAGE({t: graph.data[t].x.shape[1] for t in graph.node_types}, graph.edge_types,
-                       "doctor", hidden=32, layers=2)
-    x = {t: graph.data[t].x for t in graph.node_types}
-    edges = {et: graph.data[et].edge_index for et in graph.edge_types}
-    target = torch.zeros(graph.num_nodes("doctor"), dtype=torch.long)
-    target[::50] = 1
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    times = []
-    for epoch in range(n_epochs + 1):
-        start, cpu = time.perf_counter(), time.process_time()
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x, edges), target)
-        loss.backward()
-        optimizer.step()
-        if epoch:
-            times.append((time.perf_counter() - start, time.process_time() - cpu))
-    return times
+    previous = os.environ.pop("OMP_WAIT_POLICY", None)
+    if wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = wait_policy
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "epochs.json"
+            measure_in_subprocess("_graph_cases", "run_epochs", str(path), str(out), threads=2)
+            return json.loads(out.read_text())
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        if previous is not None:
+            os.environ["OMP_WAIT_POLICY"] = previous
 
 
 def true_rings(path: Path) -> dict[str, set[str]]:
@@ -116,11 +114,13 @@ def main(argv: list[str] | None = None) -> dict:
     generate_s = time.perf_counter() - start
     n_claims = int(Dataset(path).scan("claims").select(pl.len()).collect().item())
 
-    build = measure_in_subprocess("bench_graph", "run_build", str(path), threads=2)
+    build = measure_in_subprocess("_graph_cases", "run_build", str(path), threads=2)
+    build_cold = measure_in_subprocess("bench_graph", "run_build", str(path), threads=2)
+    load_before_epochs = [round(v, 1) for v in os.getloadavg()]
+    epoch = epoch_case(path)
+    epoch_passive = epoch_case(path, "PASSIVE")
     graph = build_claims_graph(Dataset(path))
     torch.set_num_threads(2)
-    epochs: list[tuple[float, float]] = []
-    _, epoch_peak = measure(lambda: epochs.extend(sage_epochs(graph)))
     features = FeatureSet(frames={}, columns={}, graph=graph)
     detector = RingDetector(level="doctor")
     ring_cpu = time.process_time()
@@ -141,10 +141,17 @@ def main(argv: list[str] | None = None) -> dict:
                   if not r.startswith("rev_")},
         "build_s": round(build["seconds"], 2), "build_cpu_s": round(build["cpu_seconds"], 2),
         "build_peak_gib": round(build["peak_rss_bytes"] / 2**30, 3),
-        "epoch_s": round(min(e[0] for e in epochs), 3),
-        "epoch_s_all": [round(e[0], 3) for e in epochs],
-        "epoch_cpu_s": round(min(e[1] for e in epochs), 3),
-        "epoch_peak_gib": round(epoch_peak / 2**30, 3),
+        "build_cold_s": round(build_cold["seconds"], 2),
+        "build_cold_cpu_s": round(build_cold["cpu_seconds"], 2),
+        "load_avg_before_epochs": load_before_epochs,
+        "epoch_s": round(min(e[0] for e in epoch["epochs"]), 3),
+        "epoch_s_all": [round(e[0], 3) for e in epoch["epochs"]],
+        "epoch_cpu_s": round(min(e[1] for e in epoch["epochs"]), 3),
+        "epoch_peak_gib": round(epoch["peak_rss_bytes"] / 2**30, 3),
+        "epoch_adjacency_prepare_s": round(epoch["prepare_s"], 3),
+        "epoch_passive_s": round(min(e[0] for e in epoch_passive["epochs"]), 3),
+        "epoch_passive_s_all": [round(e[0], 3) for e in epoch_passive["epochs"]],
+        "epoch_passive_cpu_s": round(min(e[1] for e in epoch_passive["epochs"]), 3),
         "ring_s": round(ring_s, 2), "ring_cpu_s": round(ring_cpu, 2), "ring_peak_gib": round(ring_peak / 2**30, 3),
         "ring_candidates": len(detector.candidates_),
         "ring_recovery": None if recovery is None else {
@@ -166,8 +173,12 @@ def markdown(e: dict) -> str:
     rows = [
         ("graph build (fresh process, 2 cores)", f"{e['build_s']} s", f"{e['build_cpu_s']} s",
          f"{e['build_peak_gib']} GiB", "≤ 20 s, < 2 GiB"),
-        ("hetero GraphSAGE, 1 full-batch epoch", f"{e['epoch_s']} s", f"{e['epoch_cpu_s']} s",
-         f"{e['epoch_peak_gib']} GiB", "≤ 2 s"),
+        ("  same, cold process (torch/PyG import inside the clock)", f"{e['build_cold_s']} s",
+         f"{e['build_cold_cpu_s']} s", "", "(for reference)"),
+        ("hetero GraphSAGE, 1 full-batch epoch (fresh process, 2 threads)", f"{e['epoch_s']} s",
+         f"{e['epoch_cpu_s']} s", f"{e['epoch_peak_gib']} GiB", "≤ 2 s"),
+        ("  same, OMP_WAIT_POLICY=PASSIVE", f"{e['epoch_passive_s']} s",
+         f"{e['epoch_passive_cpu_s']} s", "", "(for reference)"),
         ("ring discovery (treats + prescribes_to)", f"{e['ring_s']} s", f"{e['ring_cpu_s']} s",
          f"{e['ring_peak_gib']} GiB", "≤ 60 s"),
     ]
@@ -178,6 +189,11 @@ def markdown(e: dict) -> str:
              "average exceeds 2; CPU time (all threads) does not.", "",
              "| case | wall | CPU | peak RSS (process) | target |", "|---|---:|---:|---:|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | {t} |" for a, b, c, d, t in rows]
+    lines += ["", f"Epoch: best of {len(e['epoch_s_all'])} after a warm-up (all: "
+                  f"{e['epoch_s_all']} s; PASSIVE: {e['epoch_passive_s_all']} s), load average "
+                  f"{e['load_avg_before_epochs']} before the epoch cases; the per-relation mean "
+                  f"adjacencies are built once per graph in {e['epoch_adjacency_prepare_s']} s "
+                  "(not part of an epoch)."]
     lines += ["", "Targets met: " + ", ".join(f"{k}: {'yes' if v['met'] else 'NO'}"
                                              for k, v in e["targets"].items())]
     if e["ring_recovery"]:
