@@ -61,6 +61,8 @@ HISTORY_SCOPED_RULE_KINDS = frozenset({
     "same_day_distant_regions", "drg_upcoding", "doctor_off_duty", "idle_stay",
     "implausible_identity",
 })
+# Row number of a snapshot claim: slices of the sorted copies are put back in snapshot order.
+_ROW = "_snapshot_row"
 # Large strings/bytes of a detector state go to their own file (readable LightGBM text,
 # torch state_dict bytes) instead of being inlined in the JSON.
 _INLINE_LIMIT = 4096
@@ -154,14 +156,23 @@ class ScoringPipeline:
                                                 ("pharmacies", "pharmacy_id"), ("drugs", "drug_code"))}
         # The snapshot as lazy frames: a call concatenates the batch onto them without copying.
         self._lazy_context = {t: f.lazy() for t, f in self.context.items()}
-        # Date-sorted copies of the dated snapshot tables: a call slices the rows of its
-        # dates by binary search instead of scanning the whole snapshot.
-        claim_dates = self.context["claims"].select("claim_id", "service_date")
+        # Sorted copies of the snapshot tables: a call finds the rows of its dates, patients,
+        # diagnoses and claims by binary search instead of scanning the whole snapshot
+        # (the price: about one more copy of the history in memory).
+        history = self.context["claims"].with_row_index(_ROW)  # snapshot order, kept in slices
+        claim_dates = history.select("claim_id", "service_date")
         self._by_date = {
-            "claims": _DateIndex(self.context["claims"], "service_date"),
-            "claim_lines": _DateIndex(self.context["claim_lines"].join(
+            "claims": _SortedIndex(history, "service_date"),
+            "claim_lines": _SortedIndex(self.context["claim_lines"].join(
                 claim_dates, on="claim_id", how="left"), "service_date", drop=True),
-            "duty_roster": _DateIndex(self.context["duty_roster"], "date"),
+            "duty_roster": _SortedIndex(self.context["duty_roster"], "date"),
+        }
+        self._by_key = {
+            "claims": _SortedIndex(history, "patient_id"),
+            "drg_stays": _SortedIndex(history.filter(pl.col("drg_weight").is_not_null()),
+                                      "diagnosis_code"),
+            "claim_lines": _SortedIndex(self.context["claim_lines"], "claim_id"),
+            "patients": _SortedIndex(self.context["patients"], "patient_id"),
         }
         self._claim_reference = None
 
@@ -302,15 +313,15 @@ class ScoringPipeline:
         history = (self._by_date["claims"].between(window)
                    .filter(pl.col("patient_id").is_in(patient_ids)
                            | pl.col("doctor_id").is_in(doctor_ids))
-                   .join(claims.select("claim_id"), on="claim_id", how="anti"))
+                   .join(claims.select("claim_id"), on="claim_id", how="anti")
+                   .sort(_ROW).drop(_ROW))
         history_lines = self._by_date["claim_lines"].between(window).join(
             history.select("claim_id"), on="claim_id", how="semi")
         seen = pl.concat([history, claims], how="vertical_relaxed")
         tables = dict(self._lazy_context)
         tables["claims"] = seen.lazy()
         tables["claim_lines"] = pl.concat([history_lines, lines], how="vertical_relaxed").lazy()
-        tables["patients"] = self.context["patients"].join(
-            seen.select("patient_id").unique(), on="patient_id", how="semi").lazy()
+        tables["patients"] = self._by_key["patients"].rows_of(seen["patient_id"]).lazy()
         tables["doctors"] = self.context["doctors"].join(
             seen.select("doctor_id").unique(), on="doctor_id", how="semi").lazy()
         tables["duty_roster"] = self._by_date["duty_roster"].between(window).filter(
@@ -329,27 +340,33 @@ class ScoringPipeline:
         if prune is None:
             prune = all(r.kind in HISTORY_SCOPED_RULE_KINDS for r in self.catalogue.enabled)
         ids = claims.select("claim_id").lazy()
-        history = self._lazy_context["claims"].join(ids, on="claim_id", how="anti")
-        history_lines = self._lazy_context["claim_lines"].join(ids, on="claim_id", how="anti")
-        if prune:
-            diagnoses = claims.filter(pl.col("drg_weight").is_not_null())["diagnosis_code"].unique()
-            related = (pl.col("patient_id").is_in(claims["patient_id"].unique().implode())
-                       | pl.col("doctor_id").is_in(claims["doctor_id"].unique().implode())
-                       | (pl.col("drg_weight").is_not_null()
-                          & pl.col("diagnosis_code").is_in(diagnoses.implode())))
-            history = history.filter(related).collect().lazy()
-            history_lines = history_lines.join(history.select("claim_id"), on="claim_id", how="semi")
         tables = dict(self._lazy_context)
-        tables["claims"] = pl.concat([history, claims.lazy()])
-        tables["claim_lines"] = pl.concat([history_lines, lines.lazy()])
-        if prune:
-            # Patient and roster rules read the rows of the judged claims' patients, and of
-            # their doctors on the batch's dates, only.
-            window = (claims["service_date"].min(), claims["service_date"].max())
-            tables["patients"] = self._lazy_context["patients"].join(
-                tables["claims"].select("patient_id").unique(), on="patient_id", how="semi")
-            tables["duty_roster"] = self._by_date["duty_roster"].between(window).filter(
-                pl.col("doctor_id").is_in(claims["doctor_id"].unique().implode())).lazy()
+        if not prune:
+            history = self._lazy_context["claims"].join(ids, on="claim_id", how="anti")
+            history_lines = self._lazy_context["claim_lines"].join(ids, on="claim_id", how="anti")
+            tables["claims"] = pl.concat([history, claims.lazy()])
+            tables["claim_lines"] = pl.concat([history_lines, lines.lazy()])
+            return tables
+        # Rules relate a claim to its patient's claims, to its doctor's claims of the same
+        # day (two facilities) and, for DRG stays, to the stays of its diagnosis; nothing
+        # after the window end is read.
+        window = (claims["service_date"].min(), claims["service_date"].max())
+        diagnoses = claims.filter(pl.col("drg_weight").is_not_null())["diagnosis_code"]
+        doctor_ids = claims["doctor_id"].unique().implode()
+        history = (pl.concat([
+            self._by_key["claims"].rows_of(claims["patient_id"]),
+            self._by_date["claims"].between(window).filter(pl.col("doctor_id").is_in(doctor_ids)),
+            self._by_key["drg_stays"].rows_of(diagnoses)])
+            .filter(pl.col("service_date") <= window[1])
+            .unique(_ROW).sort(_ROW).drop(_ROW)
+            .join(claims.select("claim_id"), on="claim_id", how="anti"))
+        seen = pl.concat([history, claims], how="vertical_relaxed")
+        tables["claims"] = seen.lazy()
+        tables["claim_lines"] = pl.concat([self._by_key["claim_lines"].rows_of(history["claim_id"]),
+                                           lines], how="vertical_relaxed").lazy()
+        tables["patients"] = self._by_key["patients"].rows_of(seen["patient_id"]).lazy()
+        tables["duty_roster"] = self._by_date["duty_roster"].between(window).filter(
+            pl.col("doctor_id").is_in(doctor_ids)).lazy()
         return tables
 
     def _normalised(self, part: DetectorPart, order: int, features, claim_frame: pl.DataFrame) -> pl.DataFrame:
@@ -464,24 +481,38 @@ class ScoringPipeline:
         return f"ScoringPipeline(name={self.name!r}, detectors=[{dets}], digest={self.data_digest[:12]})"
 
 
-class _DateIndex:
-    """A frame sorted by one Date column, sliced by date window with a binary search.
+class _SortedIndex:
+    """A frame sorted by one column, whose rows for a value range or a set of values are
+    found by binary search (O(k log n) for k values) instead of a scan of the frame.
 
-    ``drop`` : the date column was added for the index only and is dropped from slices.
+    ``drop`` : the key column was added for the index only and is dropped from results.
     """
 
     def __init__(self, frame: pl.DataFrame, column: str, drop: bool = False):
         self.frame = frame.sort(column)
         self.column = column
         self.drop = drop
-        self._dates = self.frame[column]
+        self._keys = self.frame[column]
 
-    def between(self, window: tuple[date, date]) -> pl.DataFrame:
-        """Rows whose date lies in ``window`` (inclusive)."""
-        lo = int(self._dates.search_sorted(window[0], side="left"))
-        hi = int(self._dates.search_sorted(window[1], side="right"))
-        rows = self.frame.slice(lo, max(0, hi - lo))
+    def _result(self, rows: pl.DataFrame) -> pl.DataFrame:
         return rows.drop(self.column) if self.drop else rows
+
+    def between(self, window: tuple[Any, Any]) -> pl.DataFrame:
+        """Rows whose key lies in ``window`` (inclusive)."""
+        lo = int(self._keys.search_sorted(window[0], side="left"))
+        hi = int(self._keys.search_sorted(window[1], side="right"))
+        return self._result(self.frame.slice(lo, max(0, hi - lo)))
+
+    def rows_of(self, values: pl.Series) -> pl.DataFrame:
+        """Rows whose key is one of ``values`` (nulls and repeats ignored), in key order."""
+        values = values.drop_nulls().unique().cast(self._keys.dtype)
+        first = self._keys.search_sorted(values, side="left").to_numpy().astype(np.int64)
+        last = self._keys.search_sorted(values, side="right").to_numpy().astype(np.int64)
+        length = last - first
+        # Row numbers of all ranges at once: each range's start repeated, plus 0..length-1.
+        offsets = np.repeat(first - np.cumsum(length) + length, length)
+        rows = offsets + np.arange(int(length.sum()), dtype=np.int64)
+        return self._result(self.frame[np.sort(rows)])
 
 
 def empty_scores() -> pl.DataFrame:
