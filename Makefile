@@ -20,7 +20,9 @@ bench: setup
 	$(PY) $(BENCH)/bench_graph.py
 	$(PY) $(BENCH)/bench_scoring.py
 
-# Detection-quality reports: rule engine per typology, graph detectors on FRAUDAR-style graphs
+# Detection-quality reports: rule engine per typology, graph detectors on FRAUDAR-style graphs,
+# ring recovery on the generator's collusion rings
 bench-quality: setup
 	$(PY) $(BENCH)/rules_quality.py
 	$(PY) $(BENCH)/graph_generic.py
+	$(PY) $(BENCH)/ring_recovery.py --seeds 0 1 2
