@@ -131,3 +131,25 @@ def test_rules_on_the_batch_history_give_the_full_history_hits(pipeline, holdout
     full = hits(batch, prune=False)
     assert full.height >= 3
     assert hits(batch, prune=True).equals(full)
+
+
+def test_sorted_index_finds_the_rows_a_filter_finds():
+    from datetime import date
+
+    from medfraud.export.pipeline import _SortedIndex
+
+    rng = np.random.default_rng(3)
+    frame = pl.DataFrame({"key": rng.choice(["a", "b", "c", "d", "e"], 200).tolist(),
+                          "day": [date(2024, 1, 1 + int(d)) for d in rng.integers(0, 28, 200)],
+                          "row": np.arange(200)})
+    by_key, by_day = _SortedIndex(frame, "key"), _SortedIndex(frame, "day", drop=True)
+    for values in (["b", "d"], ["a", "a", None, "zz"], []):
+        got = by_key.rows_of(pl.Series(values, dtype=pl.String))
+        expected = frame.filter(pl.col("key").is_in(pl.Series(values, dtype=pl.String).implode()))
+        assert sorted(got["row"].to_list()) == sorted(expected["row"].to_list())
+    window = (date(2024, 1, 5), date(2024, 1, 9))
+    got = by_day.between(window)
+    assert "day" not in got.columns
+    assert sorted(got["row"].to_list()) == frame.filter(
+        pl.col("day").is_between(*window))["row"].sort().to_list()
+    assert by_day.between((date(2025, 1, 1), date(2025, 2, 1))).height == 0

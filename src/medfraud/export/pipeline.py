@@ -333,9 +333,10 @@ class ScoringPipeline:
         """The tables the claim rules see for a batch: the snapshot plus the batch.
 
         With ``prune`` (default: when every enabled claim rule's kind is in
-        :data:`HISTORY_SCOPED_RULE_KINDS`) the history keeps only the claims of the batch's
-        patients and doctors and the DRG stays of its DRG diagnoses, with their lines, the
-        patients of those claims and the batch doctors' duty roster on the batch's dates.
+        :data:`HISTORY_SCOPED_RULE_KINDS`) the history keeps only, up to the batch's last
+        date, the claims of its patients, its doctors' claims on its dates and the DRG stays
+        of its DRG diagnoses, with their lines, the patients of those claims and the batch
+        doctors' duty roster on its dates (found by binary search, see ``_SortedIndex``).
         """
         if prune is None:
             prune = all(r.kind in HISTORY_SCOPED_RULE_KINDS for r in self.catalogue.enabled)
