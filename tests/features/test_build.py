@@ -109,6 +109,25 @@ def test_bad_arguments(toy_dataset, kwargs, error, match):
         build_features(toy_dataset, **kwargs)
 
 
+def test_precomputed_claim_reference_gives_the_same_features(toy_dataset):
+    """A claim reference fitted once equals the one build_features fits from its window,
+    for every level; a reference of another window is refused."""
+    from medfraud.features import claim_reference
+
+    reference_window = (date(2024, 1, 1), date(2024, 1, 31))
+    window = (date(2024, 2, 1), date(2024, 3, 31))
+    reference = claim_reference(toy_dataset, reference_window)
+    fitted_here = build_features(toy_dataset, window, reference_window=reference_window)
+    reused = build_features(toy_dataset, window, claim_reference=reference)
+    for level in LEVELS:
+        assert_frame_equal(reused.frame(level), fitted_here.frame(level))
+    assert reused.meta["reference_window"] == reference_window
+    # the reference matters: fitted on the window itself, the peer features differ
+    assert not reused.frame("claim").equals(build_features(toy_dataset, window).frame("claim"))
+    with pytest.raises(ValueError, match="differs from the window of claim_reference"):
+        build_features(toy_dataset, window, reference_window=window, claim_reference=reference)
+
+
 def test_missing_table_is_named(toy_dataset_path, tmp_path):
     copy = tmp_path / "broken"
     shutil.copytree(toy_dataset_path, copy)

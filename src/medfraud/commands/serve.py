@@ -37,9 +37,10 @@ def command(
         app = create_app(pipeline, info, max_body_bytes=max_body_bytes)
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
         return
-    # Scoring small batches is dominated by fixed per-query costs, which extra threads do not
-    # shorten: processes with a share of the cores each serve more requests at once.
-    # The workers are fresh interpreters that read these variables before importing polars.
+    # Small scoring calls are dominated by fixed per-query costs that extra threads barely
+    # shorten; on a machine with more cores, processes with a share of them each serve
+    # their own requests.  The workers are fresh interpreters that read these variables
+    # before importing polars.
     from medfraud.serve.app import ENV_MAX_BODY_BYTES, ENV_MODEL
 
     del pipeline
