@@ -28,8 +28,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from datetime import date, datetime, timezone
@@ -165,12 +163,6 @@ def cost_breakdown(model_dir: Path, work: Path) -> dict:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _load(url: str, payloads: list[bytes], clients: int, seconds: float) -> dict:
     import httpx
 
@@ -212,6 +204,7 @@ def bench_rest(data_dir: Path, model_dir: Path, clients: int, seconds: float, wo
     import httpx
 
     from medfraud.dataset import Dataset
+    from tests.serve.server import running_server
 
     dataset = Dataset(data_dir)
     claims = dataset.scan("claims").filter(pl.col("service_date") > TRAIN_WINDOW[1]).head(2000).collect()
@@ -221,26 +214,8 @@ def bench_rest(data_dir: Path, model_dir: Path, clients: int, seconds: float, wo
         pl.struct(pl.exclude("claim_id")).alias("lines"))
     items = json.loads(claims.join(nested, on="claim_id", maintain_order="left").write_json())
     payloads = [json.dumps({"claims": [item]}).encode() for item in items]
-    port = _free_port()
-    env = {**os.environ, "POLARS_MAX_THREADS": "2"}
-    medfraud = Path(sys.executable).with_name("medfraud")
-    if workers > 1:
-        env["POLARS_MAX_THREADS"] = str(max(1, 2 // workers))
-    server = subprocess.Popen([str(medfraud), "serve", "--model", str(model_dir),
-                               "--port", str(port), "--workers", str(workers)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.perf_counter() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.perf_counter() > deadline:
-                raise RuntimeError(f"server did not start: {server.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
+    env = {**os.environ, "POLARS_MAX_THREADS": str(max(1, 2 // workers))}
+    with running_server(model_dir, workers=workers, env=env) as base:
         warm = httpx.post(f"{base}/score", content=payloads[0],
                           headers={"content-type": "application/json"}, timeout=60.0)
         assert warm.status_code == 200, warm.text
@@ -249,9 +224,6 @@ def bench_rest(data_dir: Path, model_dir: Path, clients: int, seconds: float, wo
         result["workers"] = workers
         result["health_after"] = httpx.get(f"{base}/health", timeout=5.0).status_code
         return result
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def write_results(results: dict) -> None:

@@ -239,32 +239,11 @@ def test_multi_worker_server_scores_like_one_process(exported, claims_json, clie
     """``medfraud serve --workers 2``: each worker process loads the model itself and
     answers /score with the same scores as the in-process app."""
     import os
-    import socket
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    medfraud = Path(sys.executable).with_name("medfraud")
-    server = subprocess.Popen([str(medfraud), "serve", "--model", str(exported["model_dir"]),
-                               "--port", str(port), "--workers", "2"],
-                              env={**os.environ, "POLARS_MAX_THREADS": "1"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "server did not start in 120 s"
-            time.sleep(0.3)
+    from tests.serve.server import running_server
+
+    with running_server(exported["model_dir"], workers=2,
+                        env={**os.environ, "POLARS_MAX_THREADS": "1"}) as base:
         body = {"claims": claims_json[:3]}
         # Both workers answer in turn (the kernel spreads connections): ask a few times.
         answers = [httpx.post(f"{base}/score", json=body, timeout=60.0) for _ in range(4)]
@@ -277,6 +256,3 @@ def test_multi_worker_server_scores_like_one_process(exported, claims_json, clie
             assert max(abs(g["risk"] - e["risk"]) for g, e in zip(got, expected)) <= 1e-9
         assert httpx.post(f"{base}/score", content=b"{", timeout=10.0,
                           headers={"content-type": "application/json"}).status_code == 422
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
