@@ -20,7 +20,7 @@ from torch_geometric.data import HeteroData
 
 from medfraud.dataset import Dataset
 from medfraud.features.frameset import FeatureSet
-from medfraud.graph.core import EDGE_ATTRS, ClaimsGraph, add_relation
+from medfraud.graph.core import EDGE_ATTRS, ClaimsGraph, EdgeType, add_relation
 
 # node type -> (entity table, id column)
 NODE_TABLES = {
@@ -66,10 +66,12 @@ def _aggregate(frame: pl.LazyFrame, src: pl.Expr, dst: pl.Expr, n_dst: int, amou
             .sort("key", nulls_last=True))
 
 
-def _unknown_ids(frame: pl.LazyFrame, columns: dict[str, str], ids: dict[str, pl.Series],
+def _unknown_ids(frame: pl.LazyFrame, edge_type: EdgeType, ids: dict[str, pl.Series],
                  table: str) -> ValueError:
-    """The error for ids of ``frame`` that are not nodes (only computed when some exist)."""
-    for column, node_type in columns.items():
+    """The error for ids of ``frame`` (the source and destination id columns of
+    ``edge_type``) that are not nodes (only computed when some exist)."""
+    for node_type in (edge_type[0], edge_type[2]):
+        column = NODE_TABLES[node_type][1]
         bad = (frame.filter(_code(column, ids[node_type]).is_null())
                .select(pl.len(), pl.col(column).first()).collect())
         if bad[0, 0]:
@@ -146,20 +148,20 @@ def build_claims_graph(dataset: Dataset, features: FeatureSet | None = None,
     doctor, patient = _code("doctor_id", ids["doctor"]), _code("patient_id", ids["patient"])
     pharmacy, facility = _code("pharmacy_id", ids["pharmacy"]), _code("facility_id", ids["facility"])
 
-    # edge type -> (aggregated pairs, source frame, id column -> node type, table)
+    # edge type -> (aggregated pairs, source frame, table)
     edges = {
         ("doctor", "treats", "patient"): (
             _aggregate(claims, doctor, patient, n["patient"], "total_amount", "service_date"),
-            claims, {"doctor_id": "doctor", "patient_id": "patient"}, "claims"),
+            claims, "claims"),
         ("doctor", "prescribes_to", "pharmacy"): (
             _aggregate(rx, doctor, pharmacy, n["pharmacy"], "total_amount", "issued_day"),
-            rx, {"doctor_id": "doctor", "pharmacy_id": "pharmacy"}, "prescriptions"),
+            rx, "prescriptions"),
         ("patient", "fills_at", "pharmacy"): (
             _aggregate(filled, patient, pharmacy, n["pharmacy"], "total_amount", "filled_day"),
-            filled, {"patient_id": "patient", "pharmacy_id": "pharmacy"}, "prescriptions"),
+            filled, "prescriptions"),
         ("patient", "visits", "facility"): (
             _aggregate(claims, patient, facility, n["facility"], "total_amount", "service_date"),
-            claims, {"patient_id": "patient", "facility_id": "facility"}, "claims"),
+            claims, "claims"),
     }
     # works_at: the affiliation of the doctors table plus any facility a doctor billed at;
     # affiliations without claims in the window get count 0 and unknown days (-1).
@@ -171,16 +173,15 @@ def build_claims_graph(dataset: Dataset, features: FeatureSet | None = None,
                            pl.col("first_day", "last_day").fill_null(-1.0))
              .sort("key", nulls_last=True))
     edges[("doctor", "works_at", "facility")] = (
-        works, pl.concat([claims.select("doctor_id", "facility_id"), doctors]),
-        {"doctor_id": "doctor", "facility_id": "facility"}, "claims or doctors")
+        works, pl.concat([claims.select("doctor_id", "facility_id"), doctors]), "claims or doctors")
 
     # one query: the claims / prescriptions scans and the prescription-claim join are shared
     collected = pl.collect_all([edges[et][0] for et in RELATIONS])
     data = HeteroData()
     for edge_type, agg in zip(RELATIONS, collected):
-        _, frame, columns, table = edges[edge_type]
+        _, frame, table = edges[edge_type]
         if agg["key"].null_count():
-            raise _unknown_ids(frame, columns, ids, table)
+            raise _unknown_ids(frame, edge_type, ids, table)
         key = agg["key"].to_numpy()
         n_dst = n[edge_type[2]]
         add_relation(data, edge_type, key // n_dst, key % n_dst, agg.select(EDGE_ATTRS).to_numpy())
