@@ -124,3 +124,19 @@ def test_reasons_do_not_depend_on_the_other_rows_of_a_call(planted):
     expected = whole.filter(pl.col("id").is_in(top.implode())).sort("id")
     assert alone.sort("id")["reasons"].to_list() == expected["reasons"].to_list()
     assert alone["reasons"].list.len().min() > 0
+
+
+def _depth(node: dict) -> int:
+    if "leaf_index" in node:
+        return 0
+    return 1 + max(_depth(node["left_child"]), _depth(node["right_child"]))
+
+
+def test_max_depth_bounds_every_tree(planted):
+    free = _fit(planted, "claim", num_leaves=31)
+    bounded = _fit(planted, "claim", num_leaves=31, max_depth=3)
+    depths = [_depth(t["tree_structure"]) for t in bounded.booster_.dump_model()["tree_info"]]
+    assert max(depths) <= 3
+    assert max(_depth(t["tree_structure"]) for t in free.booster_.dump_model()["tree_info"]) > 3
+    assert auroc(bounded.score(planted.features), planted.planted["claim"]) > 0.9
+    assert detector_from_state(json.loads(json.dumps(bounded.to_state()))).params["max_depth"] == 3
