@@ -122,14 +122,47 @@ def test_rules_on_the_batch_history_give_the_full_history_hits(pipeline, holdout
                               window, missing="skip")
         return out.join(batch.select(pl.col("claim_id").alias("id")), on="id", how="semi").sort("rule_id", "id")
 
-    # A small batch (few patients and doctors, so most history is pruned) holding hit claims.
+    # A small batch (few patients and doctors, so most history is pruned) holding hit claims
+    # and DRG stays (whose diagnosis's other stays come in without lines).
     hit_ids = hits(claims, prune=False)["id"].unique(maintain_order=True).head(3)
-    batch = pl.concat([claims.filter(pl.col("claim_id").is_in(hit_ids.implode())),
-                       claims.filter(~pl.col("claim_id").is_in(hit_ids.implode())).head(2)])
+    stays = claims.filter(pl.col("drg_weight").is_not_null()
+                          & ~pl.col("claim_id").is_in(hit_ids.implode())).head(2)
+    assert stays.height == 2
+    batch = pl.concat([claims.filter(pl.col("claim_id").is_in(hit_ids.implode())), stays,
+                       claims.filter(~pl.col("claim_id").is_in(pl.concat([hit_ids, stays["claim_id"]])
+                                                                .implode())).head(2)])
     kept = pipeline.rule_tables(batch, lines, prune=True)["claims"].select(pl.len()).collect().item()
     assert kept < pipeline.context["claims"].height / 2
     full = hits(batch, prune=False)
     assert full.height >= 3
+    assert hits(batch, prune=True).equals(full)
+
+
+def test_pruned_history_keeps_the_drg_statistics_of_the_batch_diagnoses(pipeline, holdout):
+    """The stays of a batch's DRG diagnoses come in without lines: a DRG rule loose enough to
+    fire on the small test dataset hits the same claims as on the full history."""
+    from medfraud.rules import evaluate_tables
+    from medfraud.rules.catalogue import RuleCatalogue
+
+    doc = pipeline.catalogue.model_dump()
+    drg_rules = [r for r in doc["rules"] if r["kind"] == "drg_upcoding"]
+    assert drg_rules
+    for rule in drg_rules:
+        rule["params"].update(quantile=0.5, ratio=0.5, min_cases=5)  # all stays weigh alike
+    catalogue = RuleCatalogue.model_validate({**doc, "rules": drg_rules})
+    claims, lines = holdout
+    stays = claims.filter(pl.col("drg_weight").is_not_null())
+
+    def hits(batch: pl.DataFrame, prune: bool) -> pl.DataFrame:
+        batch_lines = lines.join(batch.select("claim_id"), on="claim_id", how="semi")
+        window = (batch["service_date"].min(), batch["service_date"].max())
+        out = evaluate_tables(pipeline.rule_tables(batch, batch_lines, prune=prune), catalogue,
+                              window, missing="skip")
+        return out.join(batch.select(pl.col("claim_id").alias("id")), on="id", how="semi").sort("id")
+
+    batch = stays.head(2)  # fewer stays than min_cases: the history must bring their peers
+    full = hits(batch, prune=False)
+    assert full.height > 0
     assert hits(batch, prune=True).equals(full)
 
 

@@ -334,8 +334,8 @@ class ScoringPipeline:
 
         With ``prune`` (default: when every enabled claim rule's kind is in
         :data:`HISTORY_SCOPED_RULE_KINDS`) the history keeps only, up to the batch's last
-        date, the claims of its patients, its doctors' claims on its dates and the DRG stays
-        of its DRG diagnoses, with their lines, the patients of those claims and the batch
+        date, the claims of its patients and its doctors' claims on its dates with their lines
+        and patients, the DRG stays of its DRG diagnoses (claim rows only), and the batch
         doctors' duty roster on its dates (found by binary search, see ``_SortedIndex``).
         """
         if prune is None:
@@ -354,18 +354,25 @@ class ScoringPipeline:
         window = (claims["service_date"].min(), claims["service_date"].max())
         diagnoses = claims.filter(pl.col("drg_weight").is_not_null())["diagnosis_code"]
         doctor_ids = claims["doctor_id"].unique().implode()
-        history = (pl.concat([
+
+        def before_batch(frame: pl.DataFrame) -> pl.DataFrame:
+            return (frame.filter(pl.col("service_date") <= window[1])
+                    .join(claims.select("claim_id"), on="claim_id", how="anti"))
+
+        related = before_batch(pl.concat([
             self._by_key["claims"].rows_of(claims["patient_id"]),
-            self._by_date["claims"].between(window).filter(pl.col("doctor_id").is_in(doctor_ids)),
-            self._by_key["drg_stays"].rows_of(diagnoses)])
-            .filter(pl.col("service_date") <= window[1])
-            .unique(_ROW).sort(_ROW).drop(_ROW)
-            .join(claims.select("claim_id"), on="claim_id", how="anti"))
+            self._by_date["claims"].between(window).filter(pl.col("doctor_id").is_in(doctor_ids))]))
+        # Stays of the batch's DRG diagnoses feed only the diagnosis's weight statistics
+        # (drg_upcoding reads claim columns): they come without their lines, which no rule
+        # relates to a batch claim of another patient.
+        peer_stays = before_batch(self._by_key["drg_stays"].rows_of(diagnoses))
+        history = pl.concat([related, peer_stays]).unique(_ROW).sort(_ROW).drop(_ROW)
         seen = pl.concat([history, claims], how="vertical_relaxed")
         tables["claims"] = seen.lazy()
-        tables["claim_lines"] = pl.concat([self._by_key["claim_lines"].rows_of(history["claim_id"]),
+        tables["claim_lines"] = pl.concat([self._by_key["claim_lines"].rows_of(related["claim_id"]),
                                            lines], how="vertical_relaxed").lazy()
-        tables["patients"] = self._by_key["patients"].rows_of(seen["patient_id"]).lazy()
+        tables["patients"] = self._by_key["patients"].rows_of(
+            pl.concat([related["patient_id"], claims["patient_id"]])).lazy()
         tables["duty_roster"] = self._by_date["duty_roster"].between(window).filter(
             pl.col("doctor_id").is_in(doctor_ids)).lazy()
         return tables
