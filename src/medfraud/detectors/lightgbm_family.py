@@ -44,6 +44,7 @@ from medfraud.features.frameset import FeatureSet
 from medfraud.labels import Labels
 
 MODES = ("supervised", "pu")
+PARALLEL_PREDICT_ROWS = 4096  # fewer rows are predicted on one thread
 
 
 @register("lightgbm")
@@ -173,7 +174,9 @@ class LightGBMDetector(Detector):
             raise KeyError(f"{self.name}: feature columns missing at level {self.level!r}: {missing[:5]}"
                            f" ({len(missing)} missing)")
         X = features.matrix(self.level, self.columns_)
-        probability = self.booster_.predict(X, num_threads=self.params["num_threads"])
+        # Below a few thousand rows, starting LightGBM's threads costs more than the trees.
+        threads = self.params["num_threads"] if X.shape[0] >= PARALLEL_PREDICT_ROWS else 1
+        probability = self.booster_.predict(X, num_threads=threads)
         return score_frame(features.ids(self.level), probability / self.label_frequency_,
                            self._reasons(X, probability))
 

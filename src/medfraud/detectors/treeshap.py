@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 MAX_PATH_FEATURES = 10  # table of 2^d × d values per leaf
+ROWS_PER_THREAD = 256  # a thread is started per this many rows at least (REST calls: one)
 _ZERO = 1e-35  # LightGBM's kZeroThreshold
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
 
@@ -61,7 +62,8 @@ class TreeShap:
         t = self._tables
         out = np.zeros((X.shape[0], self.n_features + 1))
         out[:, -1] = t["bias"]
-        blocks = np.array_split(np.arange(X.shape[0]), min(self.num_threads, max(1, X.shape[0])))
+        threads = max(1, min(self.num_threads, X.shape[0] // ROWS_PER_THREAD))
+        blocks = np.array_split(np.arange(X.shape[0]), threads)
 
         def run(rows: np.ndarray) -> None:
             if rows.size:
