@@ -132,3 +132,16 @@ def test_generated_tiny_dataset_passes_the_input_check(tiny_dataset):
     assert batch.problems.height == 0, batch.problems.head(5)
     assert batch.claims.height == claims.join(lines.select("claim_id").unique(), on="claim_id",
                                               how="semi").height
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_known_ids_by_binary_search_or_hash_agree(ordered):
+    from medfraud.export.inputs import _known
+
+    ids = pl.Series("id", [f"P{i:03d}" for i in range(0, 200, 2)])  # even numbers only
+    ids = ids.sort() if ordered else ids.shuffle(seed=1)
+    values = pl.Series("patient_id", ["P000", "P001", None, "P198", "P199", "A", "Z", "P100"])
+    expected = [True, False, None, True, False, False, False, True]
+    assert _known(values, ids).to_list() == expected
+    assert _known(values.head(0), ids).to_list() == []
+    assert _known(pl.concat([values] * 10), ids).to_list() == expected * 10  # hashed

@@ -150,7 +150,8 @@ class ScoringPipeline:
         self._catalogue = None
         self._feature_params = None
         # Tables of the pipeline's own input check (unknown ids are rejected).
-        self.snapshot_ids = {table: self.context[table][key]
+        # Sorted: the input check finds ids by binary search (see inputs._known).
+        self.snapshot_ids = {table: self.context[table][key].drop_nulls().unique().sort()
                              for table, key in (("patients", "patient_id"), ("doctors", "doctor_id"),
                                                 ("facilities", "facility_id"),
                                                 ("pharmacies", "pharmacy_id"), ("drugs", "drug_code"))}
