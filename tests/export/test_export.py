@@ -47,9 +47,11 @@ def test_model_card(exported):
 
 
 def test_requirements_pin_the_wheel_dependencies(exported):
-    reqs = (exported["model_dir"] / "requirements.txt").read_text().split()
+    reqs = [line.strip() for line in (exported["model_dir"] / "requirements.txt").read_text().splitlines()
+            if line.strip()]
     assert f"polars=={pl.__version__}" in reqs
     assert not any(r.startswith("medfraud") for r in reqs)
+    assert 'uvloop==' in " ".join(reqs) and all("; sys_platform" in r for r in reqs if r.startswith("uvloop"))
     assert sorted(reqs, key=str.lower) == [r for r in pip_requirements() if r in reqs]
 
 

@@ -70,8 +70,9 @@ def pip_requirements() -> list[str]:
         if not match:
             continue
         name = match.group(1)
+        marker = requirement.split(";", 1)[1].strip() if ";" in requirement else ""
         try:
-            pins.append(f"{name}=={importlib.metadata.version(name)}")
+            pins.append(f"{name}=={importlib.metadata.version(name)}" + (f"; {marker}" if marker else ""))
         except importlib.metadata.PackageNotFoundError:
             pins.append(requirement.split(";")[0].strip())
     return sorted(pins, key=str.lower)
