@@ -81,6 +81,17 @@ class TreeShap:
         return out
 
 
+def _jit(**options):
+    """``numba.njit`` with the compiled code cached on disk (a fresh process then loads it in
+    a fraction of a second) where a cache folder is writable, in memory elsewhere."""
+    def wrap(function):
+        try:
+            return numba.njit(cache=True, **options)(function)
+        except RuntimeError:  # no writable cache location (read-only install)
+            return numba.njit(**options)(function)
+    return wrap
+
+
 def _supported(trees: list[dict]) -> bool:
     def walk(node: dict, features: frozenset) -> bool:
         if "split_index" not in node:
@@ -166,7 +177,7 @@ def _build_tables(trees: list[dict]) -> dict[str, np.ndarray]:
             "table_start": table_start, "table": table}
 
 
-@numba.njit(cache=True)
+@_jit()
 def _fill_tables(leaf_d, slot_start, slot_zero, leaf_value, table_start, table):
     """table[leaf][pattern * d + s]: the leaf's contribution to its path feature s when the
     row meets the conditions of the features whose bits are set in ``pattern``.
@@ -215,7 +226,7 @@ def _fill_tables(leaf_d, slot_start, slot_zero, leaf_value, table_start, table):
                 table[base + s] = total * (d + 1) * (o - z) * leaf_value[g]
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit(nogil=True)
 def _explain_rows(X, start, stop, out, tree_nodes, tree_leaves, feature, threshold, default_left,
                   missing, path_start, path_node, path_right, path_slot, leaf_d, slot_start,
                   slot_feature, table_start, table):
