@@ -37,12 +37,17 @@ def duplicate_charge(inputs: RuleInputs, params: DuplicateParams) -> pl.LazyFram
            else ["patient_id", "facility_id", "service_date"]) + ["item_type", "item_code"]
     if params.identical_only:
         key += ["quantity", "unit_price"]
-    lines = (inputs.lines(params.item_types)
-             .filter(pl.col("setting").is_in(params.settings))
-             # A 64-bit hash of the key finds the few candidate repeats cheaply; the exact
-             # comparison then runs on those candidates only.
-             .filter(pl.struct(key).hash().is_duplicated())
-             .sort("claim_id", "line_no")
+    # A 64-bit hash of the key finds the few candidate repeats cheaply; the exact
+    # comparison then runs on those candidates only.
+    candidates = pl.len().over(pl.struct(key).hash()) > 1
+    if params.scope == "claim":
+        # Copies in one claim share its context (setting, date): narrow the bare lines
+        # before joining the claims, so only the candidates are joined.
+        lines = inputs.lines(params.item_types, narrow=candidates)
+    else:
+        lines = inputs.lines(params.item_types).filter(candidates)
+    lines = (lines.filter(pl.col("setting").is_in(params.settings))
+             .sort("claim_id", "line_no", multithreaded=False)
              .with_columns((~pl.struct(key).is_first_distinct()).alias("copy")))
     return per_claim(lines.filter(pl.col("copy")), pl.col("amount"))
 
@@ -66,7 +71,7 @@ def frequency_limit(inputs: RuleInputs, params: FrequencyParams) -> pl.LazyFrame
                         schema={"item_type": pl.String, "cap": pl.Float64})
     lines = inputs.lines(list(params.max_quantity_by_item_type)).join(caps, on="item_type")
     period_key = ["patient_id", "item_code", pl.col("service_date").dt.truncate(params.period)]
-    capped = (lines.sort("service_date", "claim_id", "line_no")
+    capped = (lines.sort("service_date", "claim_id", "line_no", multithreaded=False)
               .with_columns(pl.col("quantity").cum_sum().over(period_key).alias("running"))
               # Units of this line beyond the cap, counting earlier lines of the period first.
               .with_columns((pl.col("running") - pl.col("cap")).clip(lower_bound=0)

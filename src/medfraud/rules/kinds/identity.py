@@ -46,12 +46,16 @@ def card_frequency(inputs: RuleInputs, params: CardFrequencyParams) -> pl.LazyFr
               # Counting by a 64-bit hash of the key can only over-count (a collision
               # merges keys), so it safely narrows the rows the exact count runs on.
               .filter(pl.len().over(swipe_key) > params.max_claims_per_month_at_pharmacy)
-              .sort("settled_at", "claim_id")
+              .sort("settled_at", "claim_id", multithreaded=False)
               .with_columns(pl.int_range(1, pl.len() + 1).over("patient_id", "pharmacy_id", month)
                             .alias("nth"))
               .filter(pl.col("nth") > params.max_claims_per_month_at_pharmacy))
     # Pharmacy sales carry the prescribing facility, not a visit: count only visits.
     visits = (claims.filter(pl.col("setting").is_in(["outpatient", "inpatient"]))
+              # More facilities than allowed needs more visits than that (hash count: a
+              # superset of the days to judge exactly).
+              .filter(pl.len().over(pl.struct("patient_id", "service_date").hash())
+                      > params.max_facilities_per_day)
               .with_columns(pl.col("facility_id").n_unique().over("patient_id", "service_date")
                             .alias("facilities"))
               .filter(pl.col("facilities") > params.max_facilities_per_day))
@@ -98,9 +102,19 @@ class IdentityParams(KindParams):
 def implausible_identity(inputs: RuleInputs, params: IdentityParams) -> pl.LazyFrame:
     """虚构身份: a service for a card whose holder cannot exist that day: not yet born or
     older than ``max_age``.  The whole claim is at stake."""
-    births = inputs.table("patients").select("patient_id", "birth_date")
-    claims = inputs.claims(["claim_id", "patient_id", "service_date", "total_amount"]).join(
-        births, on="patient_id", how="inner")
+    claims = inputs.claims(["claim_id", "patient_id", "service_date", "total_amount"])
+    # Only a card born after the first claim or more than max_age × 365 days before the
+    # last can be hit (an age above max_age is at least (max_age + 1) × 365 days): join
+    # those few patients instead of every one.
+    span = claims.select(pl.col("service_date").min().alias("first"),
+                         pl.col("service_date").max().alias("last"))
+    births = (inputs.table("patients").select("patient_id", "birth_date")
+              .join(span, how="cross")
+              .filter((pl.col("birth_date") > pl.col("first"))
+                      | (pl.col("birth_date") < pl.col("last")
+                         - pl.duration(days=365 * params.max_age)))
+              .select("patient_id", "birth_date"))
+    claims = claims.join(births, on="patient_id", how="inner")
     impossible = (pl.col("service_date") < pl.col("birth_date")) | (
         age_at(pl.col("birth_date"), pl.col("service_date")) > params.max_age)
     return per_claim(claims.filter(impossible), pl.col("total_amount"))

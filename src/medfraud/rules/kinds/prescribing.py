@@ -10,7 +10,8 @@ from __future__ import annotations
 import polars as pl
 from pydantic import Field
 
-from medfraud.rules.inputs import RuleInputs, age_at, mapping_frame, per_claim
+from medfraud.rules.inputs import (RuleInputs, age_at, cum_max_in_runs, mapping_frame,
+                                    per_claim, shift_in_runs)
 from medfraud.rules.registry import KindParams, register_kind
 
 _DRUG_TABLES = ("claims", "claim_lines", "drugs")
@@ -190,16 +191,21 @@ def overlapping_refill(inputs: RuleInputs, params: RefillParams) -> pl.LazyFrame
              # Only a (patient, drug) with two or more lines can be refilled early; a 64-bit
              # hash of the key finds them cheaply and sorts the groups together.
              .with_columns(pl.struct(key).hash().alias("key_hash"))
-             .filter(pl.col("key_hash").is_duplicated())
-             .sort("key_hash", "service_date", "claim_id", maintain_order=True)
+             .filter(pl.len().over("key_hash") > 1)
+             .sort("key_hash", "service_date", "claim_id", maintain_order=True,
+                   multithreaded=False)
              # One fill per (claim, drug): repeated lines inside a claim are duplicate_charge's
              # case.  Equal keys are adjacent now, so runs are found by comparing neighbours.
              .filter(~(same_key & (pl.col("claim_id") == pl.col("claim_id").shift(1)))
                      .fill_null(False))
-             .with_columns((~same_key).fill_null(True).cum_sum().alias("fill_group"))
-             .with_columns((pl.col("service_date") + pl.duration(days=pl.col("days").cast(pl.Int64)))
-                           .cum_max().shift(1).over("fill_group").alias("covered_until"),
-                           pl.col("days").shift(1).over("fill_group").alias("previous_days")))
+             .with_columns((~same_key).fill_null(True).alias("first_fill"))
+             # Per run of equal keys: the latest supply end before this fill, and the
+             # previous fill's days (whole-column running max / shift masked at run starts).
+             .with_columns(shift_in_runs(cum_max_in_runs(
+                 pl.col("service_date") + pl.duration(days=pl.col("days").cast(pl.Int64)),
+                 pl.col("first_fill")), pl.col("first_fill")).cast(pl.Int32).cast(pl.Date)
+                 .alias("covered_until"),
+                 shift_in_runs(pl.col("days"), pl.col("first_fill")).alias("previous_days")))
     overlap = (pl.col("covered_until") - pl.col("service_date")).dt.total_days()
     tolerance = pl.max_horizontal(pl.lit(float(params.tolerance_days)),
                                   params.tolerance_fraction * pl.col("previous_days"))

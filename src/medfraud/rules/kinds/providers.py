@@ -28,11 +28,9 @@ def inventory_mismatch(inputs: RuleInputs, params: InventoryParams) -> pl.LazyFr
     when some drug it sold inside the window is short.  At stake: the short units at the
     drug's list price, summed over the pharmacy's short drugs.
     """
-    sales = (inputs.lines(["drug"]).filter(pl.col("pharmacy_id").is_not_null())
-             .group_by("pharmacy_id", pl.col("item_code").alias("drug_code")).agg(
-                 pl.col("quantity").sum().alias("sold"),
-                 (pl.col("service_date").max() >= inputs.start if inputs.start else pl.lit(True))
-                 .alias("sold_in_window")))
+    sales = inputs.drug_sales().with_columns(
+        (pl.col("last_sold") >= inputs.start if inputs.start else pl.lit(True))
+        .alias("sold_in_window"))
     bought = inputs.table("pharmacy_purchases").group_by("pharmacy_id", "drug_code").agg(
         pl.col("quantity").sum().alias("bought"))
     prices = inputs.table("drugs").select("drug_code", "unit_price")
@@ -45,6 +43,14 @@ def inventory_mismatch(inputs: RuleInputs, params: InventoryParams) -> pl.LazyFr
     return short.group_by("pharmacy_id").agg(
         ((pl.col("sold") - pl.col("bought")) * pl.col("unit_price").fill_null(0.0)).sum()
         .cast(pl.Float64).alias("amount_at_stake"))
+
+
+def _several(values: pl.Expr, by: list[str]) -> pl.Expr:
+    """``values.n_unique().over(by) > 1`` for String ``values``: the group's smallest and
+    largest categorical code differ (null counts as one more value, as in n_unique).
+    A min and max per group cost a fifth of a distinct count."""
+    code = values.cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1)
+    return code.min().over(by) != code.max().over(by)
 
 
 class OffDutyParams(KindParams):
@@ -76,6 +82,6 @@ def doctor_off_duty(inputs: RuleInputs, params: OffDutyParams) -> pl.LazyFrame:
     if params.check_facility:
         bad = bad | (pl.col("duty_facility") != pl.col("facility_id"))
     if params.two_facilities:
-        bad = bad | ((pl.col("facility_id").n_unique().over("doctor_id", "service_date") > 1)
+        bad = bad | (_several(pl.col("facility_id"), ["doctor_id", "service_date"])
                      & (pl.col("facility_id") != pl.col("home_facility")).fill_null(True))
     return per_claim(judged.filter(bad), pl.col("total_amount"))

@@ -7,7 +7,8 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
-from medfraud.rules.inputs import RuleInputs, per_claim
+from medfraud.rules.inputs import (RuleInputs, cum_max_in_runs, per_claim, run_starts,
+                                    shift_in_runs)
 from medfraud.rules.registry import KindParams, register_kind
 
 _STAY = ["claim_id", "patient_id", "service_date", "admit_date", "discharge_date",
@@ -37,12 +38,12 @@ def readmission(inputs: RuleInputs, params: ReadmissionParams) -> pl.LazyFrame:
     stay's claim is a hit with its whole amount at stake (the case billed twice)."""
     key = pl.col("diagnosis_code").str.slice(0, params.diagnosis_prefix_len) if (
         params.diagnosis_prefix_len) else pl.lit("")
+    starts = run_starts("patient_id", "condition")
     stays = (_stays(inputs).with_columns(key.alias("condition"))
-             .sort("patient_id", "condition", "admit_date", "claim_id")
-             .with_columns(pl.col("discharge_date").shift(1).over("patient_id", "condition")
+             .sort("patient_id", "condition", "admit_date", "claim_id", multithreaded=False)
+             .with_columns(shift_in_runs(pl.col("discharge_date"), starts)
                            .alias("previous_discharge"),
-                           pl.col("claim_id").shift(1).over("patient_id", "condition")
-                           .alias("index_stay")))
+                           shift_in_runs(pl.col("claim_id"), starts).alias("index_stay")))
     gap = (pl.col("admit_date") - pl.col("previous_discharge")).dt.total_days()
     readmitted = stays.filter(gap.is_between(0, params.max_gap_days))
     parts = [readmitted.select("claim_id", "service_date", pl.col("total_amount").alias("at_stake"))]
@@ -56,9 +57,10 @@ def readmission(inputs: RuleInputs, params: ReadmissionParams) -> pl.LazyFrame:
 def overlapping_stays(inputs: RuleInputs, params: KindParams) -> pl.LazyFrame:
     """重叠住院: a stay admitted before an earlier stay of the same patient was discharged
     (a transfer on the discharge day is allowed); the later stay's amount is at stake."""
-    stays = (_stays(inputs).sort("patient_id", "admit_date", "claim_id")
-             .with_columns(pl.col("discharge_date").cum_max().shift(1).over("patient_id")
-                           .alias("busy_until")))
+    stays = (_stays(inputs).sort("patient_id", "admit_date", "claim_id", multithreaded=False)
+             .with_columns(shift_in_runs(
+                 cum_max_in_runs(pl.col("discharge_date"), run_starts("patient_id")),
+                 run_starts("patient_id")).cast(pl.Int32).cast(pl.Date).alias("busy_until")))
     return per_claim(stays.filter(pl.col("admit_date") < pl.col("busy_until")),
                      pl.col("total_amount"))
 

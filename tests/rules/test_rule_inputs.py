@@ -1,0 +1,90 @@
+"""Helpers of the rule kinds: run-masked window functions, narrowed lines, _several."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from rules_testkit import claim, line, make_tables
+
+from medfraud.rules.inputs import RuleInputs, cum_max_in_runs, run_starts, shift_in_runs
+
+
+def _sorted_frame(seed: int, n: int = 2_000) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, n // 3, n)
+    frame = pl.DataFrame({
+        "patient": pl.Series([f"P{k}" for k in keys]).set(pl.Series(rng.random(n) < 0.02), None),
+        "condition": rng.choice(["I10", "E11", "J18"], n),
+        "day": [date(2024, 1, 1) + timedelta(days=int(d)) for d in rng.integers(-400, 400, n)],
+        "days": rng.integers(-5, 90, n).astype(np.int32)})
+    return frame.sort("patient", "condition", "day")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_run_masked_helpers_equal_window_functions(seed):
+    frame = _sorted_frame(seed)
+    starts = run_starts("patient", "condition")
+    got = frame.select(
+        shift_in_runs(pl.col("day"), starts).alias("previous"),
+        cum_max_in_runs(pl.col("day"), starts).cast(pl.Int32).cast(pl.Date).alias("latest"),
+        shift_in_runs(cum_max_in_runs(pl.col("days"), starts), starts).alias("days_before"))
+    want = frame.select(
+        pl.col("day").shift(1).over("patient", "condition").alias("previous"),
+        pl.col("day").cum_max().over("patient", "condition").alias("latest"),
+        pl.col("days").cum_max().shift(1).over("patient", "condition").cast(pl.Int64)
+        .alias("days_before"))
+    assert got.equals(want)
+    # Null keys form one run, as in over(): the first null-patient row starts it.
+    assert frame.select(run_starts("patient").sum()).item() == frame["patient"].n_unique()
+
+
+def test_narrowed_lines_equal_filtered_lines():
+    tables = make_tables([claim("C1", "2024-03-01"), claim("C2", "2024-04-01")],
+                         [line("C1", quantity=2), line("C1", quantity=2),
+                          line("C2", quantity=1)])
+    lazy = {name: frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+            for name, frame in tables.items()}
+    inputs = RuleInputs(lazy, None, date(2024, 3, 31))
+    keep = pl.col("quantity") > 1
+    narrowed = inputs.lines(["drug"], narrow=keep).collect().sort("claim_id", "line_no")
+    filtered = inputs.lines(["drug"]).filter(keep).collect().sort("claim_id", "line_no")
+    assert narrowed.equals(filtered)
+    assert narrowed["claim_id"].to_list() == ["C1", "C1"]  # C2 is after the window end
+
+
+def test_several_values_equals_n_unique():
+    from medfraud.rules.kinds.providers import _several
+
+    rng = np.random.default_rng(3)
+    frame = pl.DataFrame({"g": rng.integers(0, 2_000, 3_000),
+                          "v": pl.Series(rng.choice(["F1", "F2", "F10"], 3_000))
+                          .set(pl.Series(rng.random(3_000) < 0.05), None)})
+    got = frame.select(_several(pl.col("v"), ["g"]).alias("m"))["m"]
+    want = frame.select((pl.col("v").n_unique().over("g") > 1).alias("m"))["m"]
+    assert got.equals(want)
+    assert got.any() and not got.all()
+
+
+def test_drug_sales_combine_over_disjoint_parts():
+    from medfraud.rules.engine import DRUG_SALES_KINDS, PATIENT_LOCAL_KINDS
+    from medfraud.rules.inputs import combine_drug_sales, drug_sales
+
+    assert not DRUG_SALES_KINDS & PATIENT_LOCAL_KINDS  # only cross-patient kinds need it
+    rng = np.random.default_rng(5)
+    n = 4_000
+    lines = pl.DataFrame({
+        "pharmacy_id": pl.Series(rng.choice(["R1", "R2", "R3"], n))
+        .set(pl.Series(rng.random(n) < 0.1), None),
+        "item_code": rng.choice(["G1", "G2"], n),
+        "quantity": rng.integers(1, 30, n).astype(float),
+        "service_date": [date(2024, 1, 1) + timedelta(days=int(d))
+                         for d in rng.integers(0, 300, n)]})
+    whole = drug_sales(lines.lazy()).collect().sort("pharmacy_id", "drug_code")
+    parts = [drug_sales(lines.slice(i, 1_000).lazy()).collect() for i in range(0, n, 1_000)]
+    combined = combine_drug_sales(parts).sort("pharmacy_id", "drug_code")
+    assert combined.equals(whole)
+    assert whole.height == 6 and whole["sold"].sum() == lines.drop_nulls("pharmacy_id")[
+        "quantity"].sum()
