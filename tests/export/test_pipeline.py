@@ -186,3 +186,15 @@ def test_sorted_index_finds_the_rows_a_filter_finds():
     assert sorted(got["row"].to_list()) == frame.filter(
         pl.col("day").is_between(*window))["row"].sort().to_list()
     assert by_day.between((date(2025, 1, 1), date(2025, 2, 1))).height == 0
+
+
+def test_warm_builds_the_lazy_scoring_state(exported, holdout):
+    from medfraud.export.model_io import load_pipeline
+
+    fresh, _info = load_pipeline(exported["model_dir"])
+    lightgbm = next(p.detector for p in fresh.detectors if p.family == "lightgbm")
+    assert getattr(lightgbm, "_explainer", None) is None and fresh._claim_reference is None
+    fresh.warm()
+    assert lightgbm._explainer is not None and fresh._claim_reference is not None
+    claims, lines = holdout
+    assert fresh.score(claims, lines).equals(load_pipeline(exported["model_dir"])[0].score(claims, lines))

@@ -60,6 +60,10 @@ class Detector(ABC):
     @abstractmethod
     def score(self, features: FeatureSet) -> pl.DataFrame: ...
 
+    def prepare_scoring(self) -> None:
+        """Build now what :meth:`score` would otherwise build on its first call (a service
+        calls this at start-up, so no request pays for it).  Default: nothing."""
+
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):
             raise NotFittedError(f"{self.name} is not fitted; call fit() first")

@@ -191,6 +191,11 @@ class LightGBMDetector(Detector):
         rows = rows_to_explain(probability, self.explain_threshold_, self.params["max_explained"])
         return reasons_for_rows(len(probability), rows, explain)
 
+    def prepare_scoring(self) -> None:
+        """Build the TreeSHAP tables (and load the compiled kernels)."""
+        self._check_fitted("booster_")
+        self._tree_shap()
+
     def _tree_shap(self) -> TreeShap:
         """The booster's TreeSHAP explainer, built on first use (its tables take a fraction
         of a second) and kept while the booster is the same."""

@@ -219,6 +219,14 @@ class ScoringPipeline:
         return self._claim_reference
 
     # ------------------------------------------------------------------ scoring
+    def warm(self) -> None:
+        """Build what the first calls would otherwise build: the claim peer reference, the
+        rule catalogue and each detector's scoring aids (LightGBM's TreeSHAP tables)."""
+        _ = self.claim_reference, self.catalogue, self.feature_params
+        for part in self.detectors:
+            if part.detector is not None:
+                part.detector.prepare_scoring()
+
     def check(self, rows: pl.DataFrame, first_row: int = 1) -> CheckedBatch:
         """Validate input-format rows (see :mod:`medfraud.export.inputs`) against the snapshot."""
         return check_rows(rows, self.snapshot_ids, first_row=first_row)

@@ -384,6 +384,7 @@ def create_app(pipeline, info, *, max_body_bytes: int = MAX_BODY_BYTES,
 
     from medfraud.export.model_io import model_summary
 
+    pipeline.warm()  # no request pays for lazily built state
     batcher = MicroBatcher(pipeline)
     summary = model_summary(info, pipeline)
 
