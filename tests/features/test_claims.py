@@ -79,22 +79,50 @@ def test_limits_are_parameters(toy_dataset):
     assert _row(features, "C2")["days_over_limit_max"] == 7  # 10 - 3
 
 
+def _line_flags_of(**columns):
+    """``_line_flags`` of a hand-written line frame (claims given by their _cidx)."""
+    import polars as pl
+
+    from medfraud.features.claims import _line_flags
+
+    lines = pl.DataFrame(columns).with_columns(
+        pl.col("patient_id").hash(0).alias("_pkey"), pl.col("item_code").hash(0).alias("_ikey"),
+        (pl.col("item_type") == "drug").alias("_is_drug"),
+        (pl.col("item_type") != "bed").alias("_not_bed"),
+        pl.col("_cidx").cast(pl.UInt32))
+    return _line_flags(lines).sort("_cidx", "line_no")
+
+
 def test_daily_bed_lines_are_not_duplicates():
     from datetime import date
 
     import polars as pl
 
-    from medfraud.features.claims import _line_features
-
-    lines = pl.LazyFrame({
-        "claim_id": ["C1"] * 5 + ["C2"],
-        "item_type": ["bed", "bed", "bed", "drug", "drug", "drug"],
-        "item_code": ["BED", "BED", "BED", "G1", "G1", "G1"],
-        "quantity": [1.0, 1.0, 1.0, 2.0, 2.0, 5.0],
-        "patient_id": ["P1"] * 6,
-        "service_date": [date(2024, 1, 1)] * 6,
-    })
-    out = _line_features(lines).collect().sort("claim_id")
-    assert out["dup_lines_in_claim"].to_list() == [1, 0]   # only the repeated G1 x2
-    assert out["dup_lines_across_claims"].to_list() == [2, 1]  # G1 billed in C1 and C2
+    flags = _line_flags_of(
+        _cidx=[0] * 5 + [1], line_no=[1, 2, 3, 4, 5, 1],
+        item_type=["bed", "bed", "bed", "drug", "drug", "drug"],
+        item_code=["BED", "BED", "BED", "G1", "G1", "G1"],
+        quantity=[1.0, 1.0, 1.0, 2.0, 2.0, 5.0], days_supply=[None, None, None, 1, 1, 1],
+        patient_id=["P1"] * 6, service_date=[date(2024, 1, 1)] * 6)
+    out = flags.group_by("_cidx").agg(pl.len().alias("n_lines"), pl.col("_dup_in").sum(),
+                                      pl.col("_dup_across").sum()).sort("_cidx")
+    assert out["_dup_in"].to_list() == [1, 0]   # only the repeated G1 x2
+    assert out["_dup_across"].to_list() == [2, 1]  # G1 billed in C1 and C2
     assert out["n_lines"].to_list() == [5, 1]
+
+
+def test_refill_overlap_skips_other_patients_and_non_drug_lines():
+    from datetime import date
+
+    flags = _line_flags_of(
+        _cidx=[0, 1, 1, 2, 3], line_no=[1, 1, 2, 1, 1],
+        item_type=["drug", "exam", "drug", "drug", "drug"],
+        # claim 1 also bills an exam under the drug's code: not a fill, not in between.
+        item_code=["G1", "G1", "G1", "G1", "G1"], quantity=[1.0] * 5,
+        days_supply=[10, None, 3, 5, 30],
+        patient_id=["P1", "P1", "P1", "P1", "P2"],
+        service_date=[date(2024, 1, 1), date(2024, 1, 5), date(2024, 1, 5), date(2024, 1, 20),
+                      date(2024, 1, 6)])
+    # fill 2 is 4 days into fill 1's 10 days; fill 3 comes after fill 2 ran out; P2 is alone.
+    assert flags["_overlap"].to_list() == [0, None, 6, 0, 0]
+    assert flags["_dup_across"].to_list() == [False] * 5

@@ -51,3 +51,56 @@ def test_sort_by_column_matches_sort_and_empties_input():
     out = _sort_by_column(work, "id")
     assert_frame_equal(out, expected)
     assert work.width == 0
+
+
+def test_partitioned_build_with_claims_stored_out_of_order(toy_dataset, tmp_path, monkeypatch):
+    """Claims not stored in claim_id order: the partitioned result is still sorted by
+    claim_id (string sort fallback) and equals the single-pass result."""
+    from medfraud.dataset import Dataset, write_dataset
+    from medfraud.features._common import DATA_TABLES
+
+    tables = {t: toy_dataset.scan(t).collect() for t in DATA_TABLES if toy_dataset.has(t)}
+    tables["claims"] = tables["claims"].reverse()
+    shuffled = Dataset(write_dataset(tmp_path / "reversed", tables, seed=0))
+    whole = _frames(toy_dataset)
+    monkeypatch.setattr(claims_module, "CLAIMS_PER_PARTITION", 2)
+    parts = _frames(shuffled)
+    assert parts["claim"]["claim_id"].is_sorted()
+    for level in whole:
+        assert_frame_equal(whole[level], parts[level], check_exact=False, rel_tol=1e-9,
+                           abs_tol=1e-9)
+
+
+def test_claim_frame_order_follows_the_scan_when_sorted(toy_dataset, monkeypatch):
+    """With claims stored in claim_id order the partitions are put back in order by their
+    scan position (integer sort) — same frame as the single pass."""
+    whole = _frames(toy_dataset, levels=["claim"])
+    monkeypatch.setattr(claims_module, "CLAIMS_PER_PARTITION", 3)
+    calls = []
+    original = claims_module.sort_by_column
+
+    def spy(frame, key):
+        calls.append(key)
+        return original(frame, key)
+
+    monkeypatch.setattr(claims_module, "sort_by_column", spy)
+    parts = _frames(toy_dataset, levels=["claim"])
+    assert calls == ["_row"]
+    assert_frame_equal(whole["claim"], parts["claim"], check_exact=False, rel_tol=1e-9,
+                       abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("per_partition", [None, 3])
+def test_string_key_fallback_gives_the_same_features(toy_dataset, monkeypatch, per_partition):
+    """Hashed keys fall back to the string columns when two values collide: that path (forced
+    here) gives the same frames, with and without partitions."""
+    whole = _frames(toy_dataset)
+    if per_partition:
+        monkeypatch.setattr(claims_module, "CLAIMS_PER_PARTITION", per_partition)
+    monkeypatch.setattr(claims_module, "_injective_key", lambda frame, column, key: frame.hstack(
+        [frame.get_column(column).alias(key)]))
+    monkeypatch.setattr(claims_module, "_claim_key", lambda claims: pl.col("claim_id"))
+    fallback = _frames(toy_dataset)
+    for level in whole:
+        assert_frame_equal(whole[level], fallback[level], check_exact=False, rel_tol=1e-9,
+                           abs_tol=1e-9)

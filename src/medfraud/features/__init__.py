@@ -20,6 +20,7 @@ from medfraud.features.claims import (
     claim_features,
     fit_claim_reference,
 )
+from medfraud.features.claims import sort_by_column as _sort_by_column
 from medfraud.features.entities import ENTITY_FEATURES, ENTITY_LEVELS, entity_features
 from medfraud.features.frameset import FeatureSet
 from medfraud.features.graph_tabular import GRAPH_FEATURES, graph_features
@@ -48,21 +49,6 @@ def _collect(frames: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
     # One level at a time: collecting them together would hold every level's group-by
     # state over the claim frame at once (the peak of a build), for little shared work.
     return {name: frame.collect() for name, frame in frames.items()}
-
-
-def _sort_by_column(frame: pl.DataFrame, key: str) -> pl.DataFrame:
-    """``frame.sort(key)`` gathering one column at a time; ``frame`` is emptied.
-
-    The claim frame is the largest object of a build; sorting it whole would hold two
-    copies at once, column by column holds one copy plus one column (when the caller keeps
-    no other frame sharing the columns).
-    """
-    order = frame.get_column(key).arg_sort()
-    names = frame.columns
-    sorted_columns = []
-    for name in names:
-        sorted_columns.append(frame.drop_in_place(name).gather(order))
-    return pl.DataFrame(sorted_columns)
 
 
 def claim_reference(dataset: Dataset, reference_window: tuple[date, date] | None
@@ -156,7 +142,10 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
             # Drop the last reference to the unsorted frame so the sort can free it as it goes.
             claim_frame = [claims.select(id_col, *CONTEXT_COLUMNS, *cols)]
             del claims
-            out[level] = _sort_by_column(claim_frame.pop(), id_col)
+            if claim_frame[0].get_column(id_col).is_sorted():
+                out[level] = claim_frame.pop()  # claim_features kept claim_id order
+            else:
+                out[level] = _sort_by_column(claim_frame.pop(), id_col)
         else:
             out[level] = collected[level].select(id_col, *cols).sort(id_col)
         columns[level] = cols

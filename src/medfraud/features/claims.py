@@ -1,8 +1,10 @@
 """Claim-level features: one row per claim in the window.
 
-Every feature is a polars expression over lazy frames; per-entity orderings use a sort
-and a shift (refills) or a window function with ``order_by`` (readmissions, few rows).
-See docs/features.md for the definition of every column.
+Every feature is a polars expression; inside a partition claims carry integer keys
+(``_cidx``: position in claim_id order, ``_pkey`` / ``_ikey``: injective 64-bit hashes of
+patient and item), the line-derived features come from one sort of the lines and one
+group-by (refills, duplicates, drug aggregates), readmissions from a window function with
+``order_by`` (few rows).  See docs/features.md for the definition of every column.
 """
 
 from __future__ import annotations
@@ -66,6 +68,21 @@ CLAIMS_PER_PARTITION = 250_000
 _PARTITION_SEED = 0x5EED
 
 
+def _claim_key(claims: pl.LazyFrame | pl.DataFrame) -> pl.Expr:
+    """Join key of claim_id for joins of lines with ``claims``: its 64-bit hash (a hash
+    join on integers, about half the cost of one on the strings) when the hashes of
+    ``claims`` are all distinct, else claim_id itself, so joins stay exact."""
+    hashed = pl.col("claim_id").hash(_PARTITION_SEED)
+    if isinstance(claims, pl.DataFrame):  # Series methods: no query plan
+        distinct = claims.get_column("claim_id").hash(_PARTITION_SEED).n_unique()
+        return hashed if distinct == claims.height else pl.col("claim_id")
+    counts = claims.select(hashed.n_unique().alias("hashes"), pl.len().alias("claims")) \
+        .collect(engine="streaming")
+    if counts.item(0, "hashes") == counts.item(0, "claims"):
+        return hashed
+    return pl.col("claim_id")
+
+
 def _claims_base(tables: Tables, window: Window) -> pl.LazyFrame:
     """Claims in ``window`` joined with the patient, doctor and facility attributes used below
     and the duty roster's facility of the doctor that day (``_roster_facility``).
@@ -89,35 +106,103 @@ def _claims_base(tables: Tables, window: Window) -> pl.LazyFrame:
     )
 
 
-def _lines_base(tables: Tables, claims: pl.LazyFrame, params: FeatureParams,
+def _lines_base(tables: Tables, claims: pl.DataFrame, params: FeatureParams,
                 raw_lines: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Lines of ``claims`` with claim context and, for drug lines, the catalogue attributes.
 
+    ``claims`` : a claim frame from :func:`_keyed_claims` (``_cidx``, ``_pkey``).
     ``raw_lines`` : claim_lines rows to read (default the whole table); a partition passes
-    its own lines.
+    its own lines.  The line's claim_id is replaced by the claim's ``_cidx`` and ``_pkey``
+    (every later group-by, sort and join of lines uses these integers).
     """
     raw_lines = tables.claim_lines if raw_lines is None else raw_lines
-    threshold = tables.drugs.select(
-        pl.col("unit_price").quantile(params.high_value_quantile).alias("_hv_threshold"))
+    price = pl.col("unit_price")
     drugs = tables.drugs.select(
-        pl.col("drug_code").alias("item_code"), pl.col("unit_price").alias("_cat_price"),
+        pl.col("drug_code").alias("item_code"),
         "max_daily_units", "sex_restriction", "min_age", "max_age", "restricted_level",
-    ).join(threshold, how="cross").with_columns(
-        (pl.col("_cat_price") > pl.col("_hv_threshold")).alias("_high_value")).drop("_hv_threshold")
-    context = claims.select("claim_id", "patient_id", "service_date", "sex", "birth_date",
-                            "chronic", "_department", "_fac_level")
+        # The catalogue quantile broadcast in the same select (no cross join).
+        (price > price.quantile(params.high_value_quantile)).alias("_high_value"),
+    )
+    key = _claim_key(claims)
+    context = claims.lazy().select(key.alias("_ckey"), "_cidx", "_pkey", "service_date",
+                                   "sex", "birth_date", "chronic", "_department",
+                                   "_fac_level")
     return (
-        raw_lines.drop("unit_price").join(context, on="claim_id", how="inner")
-        .join(drugs.drop("_cat_price"), on="item_code", how="left")
+        raw_lines.drop("unit_price").with_columns(key.alias("_ckey"))
+        .join(context, on="_ckey", how="inner").drop("claim_id", "_ckey")
+        .join(drugs, on="item_code", how="left")
         .with_columns((pl.col("item_type") == "drug").alias("_is_drug"))
     )
 
 
-def _drug_line_features(lines: pl.LazyFrame,
-                        stats: dict[str, tuple[pl.DataFrame, pl.DataFrame]],
-                        params: FeatureParams) -> pl.LazyFrame:
-    """Per-claim aggregates of drug lines (dose, supply, refill, restrictions, value)."""
+_EAGER_SORT_LINES = 5_000
+
+
+def _line_flags(lines: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    """Per-line refill overlap and duplicate flags, from one sort of the lines.
+
+    Lines are ordered by (patient, item, service date, claim, line); then
+
+    - ``_overlap`` (drug lines; null otherwise): the previous fill of the same patient and
+      drug is the nearest earlier drug line of the same (patient, item) run, and the overlap
+      is ``its days_supply - days since it``, floored at 0 (0 for a first fill);
+    - ``_dup_across``: the line's (patient, item_code, service_date) run holds two or more
+      claims (its first and last claim differ; claims are ordered inside the run);
+    - ``_dup_in``: a non-bed line whose (claim, item_code, quantity) already occurred in an
+      earlier non-bed line of the claim (bed lines repeat once per day by design).
+
+    One sort of integer keys plus shifts and fills replaces the three string-keyed
+    group-bys, the join and the sort these took before.  The sort is eager: the same
+    sort in a lazy query took twice as long (polars 2.1).  Needs ``_pkey``, ``_ikey``
+    (injective keys of patient and item, see :func:`_injective_key`), ``_cidx`` (claim
+    position in claim_id order), service_date, line_no, quantity, days_supply, ``_is_drug``
+    and ``_not_bed`` (item_type is not "bed"); narrow numeric columns keep the sort cheap.
+    """
+    drug = pl.col("_is_drug")
+
+    def previous_drug(expr: pl.Expr) -> pl.Expr:
+        # At a drug line: the value at the nearest earlier drug line (non-drug lines between
+        # are skipped by masking them and filling forward).
+        return pl.when(drug).then(expr).forward_fill().shift(1)
+
+    supply = pl.col("days_supply").fill_null(0)
+    same_drug = ((previous_drug(pl.col("_pkey")) == pl.col("_pkey"))
+                 & (previous_drug(pl.col("_ikey")) == pl.col("_ikey")))
+    overlap = previous_drug(supply) - days_between(pl.col("service_date"),
+                                                   previous_drug(pl.col("service_date")))
+    run = ["_pkey", "_ikey", "service_date"]
+    run_start = ~pl.all_horizontal([pl.col(k) == pl.col(k).shift(1) for k in run]) \
+        .fill_null(False)
+    run_end = run_start.shift(-1, fill_value=True)
+    first_claim = pl.when(run_start).then(pl.col("_cidx")).forward_fill()
+    last_claim = pl.when(run_end).then(pl.col("_cidx")).backward_fill()
+    not_bed = pl.col("_not_bed")
+    return (
+        lines.sort([*run, "_cidx", "line_no"])
+        .with_columns(
+            pl.when(drug).then(pl.when(same_drug).then(overlap.clip(lower_bound=0)).otherwise(0))
+            .alias("_overlap"),
+            (first_claim != last_claim).alias("_dup_across"),
+            (not_bed & ~pl.struct("_cidx", "_ikey", "quantity", not_bed).is_first_distinct())
+            .alias("_dup_in"),
+        )
+    )
+
+
+def _line_aggregates(lines: pl.DataFrame,
+                     stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]],
+                     params: FeatureParams) -> pl.LazyFrame:
+    """Every line-derived claim feature in one group-by of the lines on ``_cidx``.
+
+    Counts, duplicates (:func:`_line_flags`), refill overlap and the drug-line aggregates
+    (dose, supply, restrictions, value, drug amount vs peers).  Drug-only quantities are
+    null on other lines, so max/sum over a claim see its drug lines only; claims without
+    drug lines get nulls (sums 0) that :func:`_claim_partition` fills.  The per-line values
+    are computed before the group-by so every aggregation is a plain column reduction
+    (polars' fast path).
+    """
     emergency = [d.lower() for d in params.emergency_departments]
+    drug = pl.col("_is_drug")
     supply = pl.col("days_supply").fill_null(1).clip(lower_bound=1)
     limit = (
         pl.when(pl.col("chronic")).then(params.days_supply_limit_chronic)
@@ -125,125 +210,102 @@ def _drug_line_features(lines: pl.LazyFrame,
         .otherwise(params.days_supply_limit_ordinary)
     )
     age = (days_between("service_date", "birth_date") / 365.25).floor()
-    drug = lines.filter(pl.col("_is_drug"))
-    drug = _apply(drug, stats, "_drug_amt")
-    drug = drug.with_columns(
-        (pl.col("quantity") / (pl.col("max_daily_units") * supply)).alias("_dose_ratio"),
-        (pl.col("days_supply").fill_null(0) - limit).clip(lower_bound=0).alias("_over_limit"),
-        (pl.col("sex_restriction").is_not_null() & (pl.col("sex_restriction") != pl.col("sex")))
-        .alias("_sex_hit"),
-        ((pl.col("min_age").is_not_null() & (age < pl.col("min_age")))
-         | (pl.col("max_age").is_not_null() & (age > pl.col("max_age")))).alias("_age_hit"),
-        (pl.col("restricted_level").is_not_null()
-         & (pl.col("_fac_level") < pl.col("restricted_level"))).alias("_level_hit"),
+
+    def on_drug(expr: pl.Expr, name: str) -> pl.Expr:
+        return pl.when(drug).then(expr).alias(name)
+
+    per_line = _apply(lines.lazy(), stats, "_drug_amt").select(
+        "_pkey", "_ikey", "service_date", "_cidx", "line_no", "quantity", "days_supply", drug,
+        (pl.col("item_type") != "bed").alias("_not_bed"),
+        on_drug(pl.col("quantity") / (pl.col("max_daily_units") * supply), "_dose_ratio"),
+        on_drug((pl.col("days_supply").fill_null(0) - limit).clip(lower_bound=0),
+                "_over_limit"),
+        on_drug((pl.col("sex_restriction").is_not_null()
+                 & (pl.col("sex_restriction") != pl.col("sex"))).fill_null(False), "_sex_hit"),
+        on_drug(((pl.col("min_age").is_not_null() & (age < pl.col("min_age")))
+                 | (pl.col("max_age").is_not_null() & (age > pl.col("max_age"))))
+                .fill_null(False), "_age_hit"),
+        on_drug((pl.col("restricted_level").is_not_null()
+                 & (pl.col("_fac_level") < pl.col("restricted_level"))).fill_null(False),
+                "_level_hit"),
+        on_drug(pl.col("_drug_amt_ratio"), "_drug_amt_ratio"),
+        on_drug(pl.col("_drug_amt_z"), "_drug_amt_z"),
+        on_drug(pl.col("amount"), "_drug_line_amount"),
+        pl.when(drug & pl.col("_high_value").fill_null(False)).then(pl.col("amount"))
+        .alias("_high_value_line_amount"),
     )
-    return drug.group_by("claim_id").agg(
-        pl.len().alias("n_drug_lines"),
-        pl.col("_dose_ratio").max().fill_null(0).alias("dose_ratio_max"),
+    # Per-line values first, then the sort of _line_flags on these narrow numeric columns.
+    # (Collected first above a few thousand lines: the eager sort is the cheaper one; on
+    # a few lines, fewer collects are.)
+    if lines.height > _EAGER_SORT_LINES:
+        per_line = per_line.collect()
+    return _line_flags(per_line).lazy().group_by("_cidx").agg(
+        pl.len().alias("n_lines"),
+        pl.col("_dup_across").sum().alias("dup_lines_across_claims"),
+        pl.col("_not_bed").sum().alias("_care_lines"),
+        pl.col("_dup_in").sum().alias("dup_lines_in_claim"),
+        pl.col("_is_drug").sum().alias("n_drug_lines"),
+        pl.col("_dose_ratio").max().alias("dose_ratio_max"),
         pl.col("_over_limit").max().alias("days_over_limit_max"),
-        pl.col("_sex_hit").fill_null(False).sum().alias("sex_restriction_hits"),
-        pl.col("_age_hit").fill_null(False).sum().alias("age_restriction_hits"),
-        pl.col("_level_hit").fill_null(False).sum().alias("level_restriction_hits"),
+        pl.col("_sex_hit").sum().alias("sex_restriction_hits"),
+        pl.col("_age_hit").sum().alias("age_restriction_hits"),
+        pl.col("_level_hit").sum().alias("level_restriction_hits"),
         pl.col("_drug_amt_ratio").max().alias("drug_amount_ratio_max"),
         pl.col("_drug_amt_z").max().alias("drug_amount_z_max"),
-        pl.col("amount").sum().alias("_drug_amount"),
-        pl.col("amount").filter(pl.col("_high_value").fill_null(False)).sum()
-        .alias("_high_value_amount"),
+        pl.col("_drug_line_amount").sum().alias("_drug_amount"),
+        pl.col("_high_value_line_amount").sum().alias("_high_value_amount"),
+        pl.col("_overlap").max().alias("refill_overlap_days_max"),
+        (pl.col("_overlap") > 0).sum().alias("n_refill_overlap_lines"),
     )
-
-
-def _refill_overlap(lines: pl.LazyFrame) -> pl.LazyFrame:
-    """Per claim: max and count of drug lines filled before the previous supply ran out.
-
-    For each (patient, drug) the fills are ordered by service date (then claim, line); the
-    overlap of a fill is ``previous days_supply - days since the previous fill``, floored at 0.
-    A sort of a narrow frame plus a shift is used instead of a window function: most
-    (patient, drug) groups hold a single fill and per-group windows cost far more.
-    """
-    key = ["patient_id", "item_code"]
-    fills = (
-        lines.filter(pl.col("_is_drug"))
-        .select(*key, "service_date", "claim_id", "line_no", pl.col("days_supply").fill_null(0))
-        .sort([*key, "service_date", "claim_id", "line_no"])
-    )
-    same_group = (pl.col("patient_id") == pl.col("patient_id").shift(1)) & (
-        pl.col("item_code") == pl.col("item_code").shift(1))
-    overlap = (pl.col("days_supply").shift(1)
-               - days_between(pl.col("service_date"), pl.col("service_date").shift(1)))
-    return (
-        fills.with_columns(pl.when(same_group).then(overlap.clip(lower_bound=0)).otherwise(0)
-                           .alias("_overlap"))
-        .group_by("claim_id").agg(
-            pl.col("_overlap").max().alias("refill_overlap_days_max"),
-            (pl.col("_overlap") > 0).sum().alias("n_refill_overlap_lines"),
-        )
-    )
-
-
-def _line_features(lines: pl.LazyFrame) -> pl.LazyFrame:
-    """Per-claim line counts and duplicate lines (within a claim and across claims)."""
-    # Bed lines repeat once per day of a stay by design: not duplicates.
-    within = (
-        lines.filter(pl.col("item_type") != "bed")
-        .group_by("claim_id", "item_code", "quantity").agg(pl.len().alias("_n"))
-        .group_by("claim_id").agg((pl.col("_n") - 1).sum().alias("dup_lines_in_claim"))
-    )
-    across_key = ["patient_id", "item_code", "service_date"]
-    # Keys billed in more than one claim are rare: find them with one group_by, then count.
-    repeated = (
-        lines.group_by(across_key).agg(pl.col("claim_id").n_unique().alias("_n_claims"))
-        .filter(pl.col("_n_claims") > 1).select(across_key)
-    )
-    across = (
-        lines.join(repeated.with_columns(pl.lit(1, pl.UInt32).alias("_rep")), on=across_key,
-                   how="left")
-        .group_by("claim_id").agg(
-            pl.len().alias("n_lines"),
-            pl.col("_rep").sum().alias("dup_lines_across_claims"),
-            (pl.col("item_type") != "bed").sum().alias("_care_lines"),
-        )
-    )
-    return across.join(within, on="claim_id", how="left")
 
 
 def _stay_features(claims: pl.LazyFrame) -> pl.LazyFrame:
-    """Readmission gap, overlapping stays and outpatient claims during inpatient stays."""
-    stays = claims.filter(
-        (pl.col("setting") == "inpatient") & pl.col("admit_date").is_not_null()
-        & pl.col("discharge_date").is_not_null()
-    ).select("claim_id", "patient_id", "diagnosis_code", "admit_date", "discharge_date")
-    order = ["admit_date", "claim_id"]
+    """Readmission gap, overlapping stays and outpatient claims during inpatient stays,
+    keyed by ``_cidx`` (claims from :func:`_keyed_claims`)."""
+    stays = claims.filter(_is_stay).select("_cidx", "patient_id", "diagnosis_code",
+                                           "admit_date", "discharge_date")
+    # _cidx follows claim_id order, so it breaks ties as claim_id would.
+    order = ["admit_date", "_cidx"]
     prev_discharge = pl.col("discharge_date").shift(1).over(["patient_id", "diagnosis_code"],
                                                             order_by=order)
     readmit = stays.select(
-        "claim_id", days_between(pl.col("admit_date"), prev_discharge).alias("_gap"))
-    other = stays.select("patient_id", pl.col("claim_id").alias("_other"),
+        "_cidx", days_between(pl.col("admit_date"), prev_discharge).alias("_gap"))
+    other = stays.select("patient_id", pl.col("_cidx").alias("_other"),
                          pl.col("admit_date").alias("_o_admit"),
                          pl.col("discharge_date").alias("_o_discharge"))
-    overlapping = (
-        stays.join(other, on="patient_id", how="inner")
-        .filter((pl.col("claim_id") != pl.col("_other"))
-                & (pl.col("admit_date") < pl.col("_o_discharge"))
-                & (pl.col("_o_admit") < pl.col("discharge_date")))
-        .group_by("claim_id").agg(pl.len().alias("n_overlapping_stays"))
-    )
+    # One join of every claim with its patient's stays serves both relations (a few plan
+    # nodes instead of two joins and their filters: the fixed cost of a few-claim call).
+    overlap = (pl.col("_stay") & (pl.col("_cidx") != pl.col("_other"))
+               & (pl.col("admit_date") < pl.col("_o_discharge"))
+               & (pl.col("_o_admit") < pl.col("discharge_date")))
     # Strictly inside the stay: visits on admission or discharge day are ordinary.
-    during = (
-        claims.filter(pl.col("setting") != "inpatient")
-        .select("claim_id", "patient_id", "service_date")
+    during = ((pl.col("setting") != "inpatient")
+              & (pl.col("service_date") > pl.col("_o_admit"))
+              & (pl.col("service_date") < pl.col("_o_discharge")))
+    pairs = (
+        claims.select("_cidx", "patient_id", "service_date", "setting", "admit_date",
+                      "discharge_date", _is_stay.alias("_stay"))
         .join(other, on="patient_id", how="inner")
-        .filter((pl.col("service_date") > pl.col("_o_admit"))
-                & (pl.col("service_date") < pl.col("_o_discharge")))
+        .select("_cidx", "_other", overlap.alias("_overlap"), during.alias("_during"))
+        .filter(pl.col("_overlap") | pl.col("_during"))
     )
-    during_flag = during.group_by("claim_id").agg(pl.lit(1).alias("during_inpatient_stay"))
-    during_count = during.group_by("_other").agg(pl.len().alias("n_outpatient_during_stay")) \
-        .rename({"_other": "claim_id"})
+    by_claim = pairs.group_by("_cidx").agg(
+        pl.col("_overlap").sum().alias("n_overlapping_stays"),
+        pl.when(pl.col("_during").any()).then(pl.lit(1, pl.Int32))
+        .alias("during_inpatient_stay"))
+    by_stay = pairs.filter(pl.col("_during")).group_by(pl.col("_other").alias("_cidx")) \
+        .agg(pl.len().alias("n_outpatient_during_stay"))
     return (
-        readmit.join(overlapping, on="claim_id", how="left")
-        .join(during_count, on="claim_id", how="left")
-        .join(during_flag.select(pl.col("claim_id"), "during_inpatient_stay"), on="claim_id",
-              how="full", coalesce=True)
+        readmit.join(by_stay, on="_cidx", how="left")
+        .join(by_claim, on="_cidx", how="full", coalesce=True)
     )
+
+
+_is_stay = ((pl.col("setting") == "inpatient") & pl.col("admit_date").is_not_null()
+            & pl.col("discharge_date").is_not_null())
+# The columns of _stay_features when a partition holds no stay (every value neutral).
+_NO_STAYS = {"_gap": pl.Int64, "n_overlapping_stays": pl.UInt32,
+             "n_outpatient_during_stay": pl.UInt32, "during_inpatient_stay": pl.Int32}
 
 
 # Peer groups of the claim-level ratios / robust z: prefix -> (keys, value column).
@@ -292,9 +354,11 @@ def _reference_stats(tables: Tables, reference_window: Window
     claims = (tables.claims.filter(in_window("service_date", reference_window))
               .join(facilities, on="facility_id", how="left")
               .with_columns(_drg_amount.alias("_drg_amount")))
+    key = _claim_key(claims.select("claim_id"))
     drug_lines = (tables.claim_lines.filter(pl.col("item_type") == "drug")
-                  .select("claim_id", "item_code", "amount")
-                  .join(claims.select("claim_id", "_fac_level"), on="claim_id", how="inner"))
+                  .select(key.alias("_ckey"), "item_code", "amount")
+                  .join(claims.select(key.alias("_ckey"), "_fac_level"), on="_ckey",
+                        how="inner"))
     # Every (drug, level) pair that can occur (a null level: facility missing from the
     # table), without a second pass over the line join.
     levels = facilities.select("_fac_level")
@@ -330,15 +394,16 @@ def fit_claim_reference(tables: Tables, reference_window: Window) -> ClaimRefere
     return ClaimReference(reference_window, _reference_stats(tables, reference_window))
 
 
-def _apply(frame: pl.LazyFrame, stats: dict[str, tuple[pl.DataFrame, pl.DataFrame]],
+def _apply(frame: pl.LazyFrame, stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]],
            prefix: str) -> pl.LazyFrame:
     keys, value = _PEER_GROUPS[prefix]
     group, overall = stats[prefix]
-    return apply_peer_stats(frame, group.lazy(), overall.lazy(), keys, value, prefix)
+    return apply_peer_stats(frame, group.lazy(), overall, keys, value, prefix)
 
 
-def _doctor_day(tables: Tables, window: Window) -> pl.DataFrame:
-    """(doctor, service date) pairs of ``window`` billed at two or more facilities.
+def _doctor_day(claims: pl.LazyFrame) -> pl.DataFrame:
+    """(doctor, service date) pairs of ``claims`` (the claims of the window) billed at two
+    or more facilities.
 
     Returns
     -------
@@ -346,7 +411,7 @@ def _doctor_day(tables: Tables, window: Window) -> pl.DataFrame:
     doctor_facilities_same_day (UInt32 >= 2).  Every other doctor-day of a claim has
     exactly one facility; keeping only the exceptions (and hashed ids) keeps this small.
     """
-    return (tables.claims.filter(in_window("service_date", window))
+    return (claims
             .select(pl.col("doctor_id").hash(_PARTITION_SEED).alias("_doctor_hash"),
                     "service_date", pl.col("facility_id").hash(_PARTITION_SEED).alias("_f"))
             .unique()
@@ -372,8 +437,10 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
 
     Returns
     -------
-    DataFrame, one row per claim with ``service_date`` in ``window`` (in no particular
-    order); feature columns are Float64 or integer and never null.
+    DataFrame, one row per claim with ``service_date`` in ``window``, in claim_id order
+    (except with several partitions over claims not stored in claim_id order: then in no
+    particular order, and build_features sorts); feature columns are Float64 or integer
+    and never null.
 
     Notes
     -----
@@ -387,15 +454,43 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
     n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION))
     stats = (reference if reference is not None
              else fit_claim_reference(tables, reference_window)).stats
-    doctor_day = _doctor_day(tables, window)
     if n_parts == 1:
+        # The doctor-day exceptions then come from the collected claim base (no rescan).
         return _claim_partition(tables, _claims_base(tables, window), tables.claim_lines,
-                                params, stats, doctor_day)
+                                params, stats, None)
+    window_claims = tables.claims.filter(in_window("service_date", window))
+    doctor_day = _doctor_day(window_claims)
+    # Claim tables are usually stored in claim_id order: then the position of a claim in
+    # the scan (``_row``, carried through the partitions) orders the result as claim_id
+    # does, and the final sort is on integers (a string arg-sort costs ~0.8 s a million).
+    scan_sorted = window_claims.select(
+        (pl.col("claim_id") >= pl.col("claim_id").shift(1)).all()
+    ).collect(engine="streaming").item()
     with tempfile.TemporaryDirectory(prefix="medfraud-features-") as tmp:
         sources = _spill_partitions(tables, window, n_parts, Path(tmp))
-        parts = [_claim_partition(tables, claims, lines, params, stats, doctor_day)
+        parts = [_claim_partition(tables, claims, lines, params, stats, doctor_day,
+                                  ordered=False)
                  for claims, lines in sources]
-    return pl.concat(parts, how="vertical", rechunk=False)
+    frame = pl.concat(parts, how="vertical", rechunk=False)
+    del parts
+    if scan_sorted:
+        return sort_by_column(frame, "_row").drop("_row")
+    return frame.drop("_row")  # build_features sorts by claim_id
+
+
+def sort_by_column(frame: pl.DataFrame, key: str) -> pl.DataFrame:
+    """``frame.sort(key)`` gathering one column at a time; ``frame`` is emptied.
+
+    The claim frame is the largest object of a build; sorting it whole would hold two
+    copies at once, column by column holds one copy plus one column (when the caller keeps
+    no other frame sharing the columns).
+    """
+    order = frame.get_column(key).arg_sort()
+    names = frame.columns
+    sorted_columns = []
+    for name in names:
+        sorted_columns.append(frame.drop_in_place(name).gather(order))
+    return pl.DataFrame(sorted_columns)
 
 
 def _spill_partitions(tables: Tables, window: Window, n_parts: int, folder: Path
@@ -412,11 +507,13 @@ def _spill_partitions(tables: Tables, window: Window, n_parts: int, folder: Path
     """
     part = (pl.col("patient_id").hash(_PARTITION_SEED) % n_parts).alias("_part")
     sink = {"compression": "lz4", "mkdir": True, "engine": "streaming"}
-    _claims_base(tables, window).with_columns(part).sink_parquet(
+    _claims_base(tables, window).with_row_index("_row").with_columns(part).sink_parquet(
         pl.PartitionBy(folder / "claims", key="_part", include_key=False), **sink)
-    owners = (tables.claims.filter(in_window("service_date", window))
-              .select("claim_id", part))
-    tables.claim_lines.join(owners, on="claim_id", how="inner").sink_parquet(
+    window_claims = tables.claims.filter(in_window("service_date", window))
+    key = _claim_key(window_claims.select("claim_id"))
+    owners = window_claims.select(key.alias("_ckey"), part)
+    tables.claim_lines.with_columns(key.alias("_ckey")).join(owners, on="_ckey", how="inner") \
+        .drop("_ckey").sink_parquet(
         pl.PartitionBy(folder / "lines", key="_part", include_key=False), **sink)
     sources = []
     for index in range(n_parts):
@@ -431,37 +528,77 @@ def _spill_partitions(tables: Tables, window: Window, n_parts: int, folder: Path
     return sources
 
 
+def _injective_key(frame: pl.DataFrame, column: str, key: str) -> pl.DataFrame:
+    """Add ``key``: a 64-bit hash of ``column`` (cheap to sort, group and join on), or
+    ``column`` itself in the (odds ~n²/2^65) case that two distinct values collide, so the
+    features stay exact."""
+    # Series methods and hstack, not with_columns: no query plan (fixed cost) per call.
+    values = frame.get_column(column)
+    hashed = values.hash(_PARTITION_SEED)
+    if hashed.n_unique() != values.n_unique():
+        return frame.hstack([values.alias(key)])
+    return frame.hstack([hashed.alias(key)])
+
+
+def _keyed_claims(claims_base: pl.LazyFrame) -> pl.DataFrame:
+    """Collect a claim base sorted by claim_id, with ``_cidx`` (UInt32 position, so it
+    orders claims as claim_id does) and ``_pkey`` (injective key of patient_id)."""
+    # In-memory engine for the per-partition collects (at most ~250k claims): cheaper
+    # than the streaming engine here, from a few claims up (polars 2.1).
+    claims = claims_base.collect(engine="in-memory").sort("claim_id")
+    claims = claims.hstack([pl.int_range(0, claims.height, dtype=pl.UInt32, eager=True)
+                            .alias("_cidx")])
+    return _injective_key(claims, "patient_id", "_pkey")
+
+
 def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.LazyFrame,
-                     params: FeatureParams, stats: dict[str, tuple[pl.DataFrame, pl.DataFrame]],
-                     doctor_day: pl.DataFrame) -> pl.DataFrame:
+                     params: FeatureParams, stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]],
+                     doctor_day: pl.DataFrame | None, ordered: bool = True) -> pl.DataFrame:
     """Claim features of the claims of ``claims_base`` (one patient partition, or the whole
-    window), whose lines are among ``raw_lines``; see :func:`claim_features`."""
-    # The joined claim and line bases feed a dozen branches; materialising them once is
+    window), whose lines are among ``raw_lines``; see :func:`claim_features`.
+
+    ``doctor_day`` : :func:`_doctor_day` of the window; None when ``claims_base`` is the
+    whole window (it is then computed from the collected claims, no second scan).
+    ``ordered`` : return the rows in claim_id order (else in no particular order, for
+    partitions that are sorted together afterwards).
+    """
+    # The joined claim and line bases feed several branches; materialising them once is
     # cheaper than relying on common-subplan elimination across all of them.
-    claims = claims_base.collect(engine="streaming").lazy()
-    lines = _lines_base(tables, claims, params, raw_lines).collect(engine="streaming").lazy()
+    claims_df = _keyed_claims(claims_base)
+    lines_df = _lines_base(tables, claims_df, params, raw_lines).collect(engine="in-memory")
+    lines_df = _injective_key(lines_df, "item_code", "_ikey")
+    day = ["_pkey", "service_date"]
+    # Window expressions on the collected frame: same values as a group-by joined back,
+    # one node instead of two (the fixed cost of a few-claim call is per node).
+    per_day = [
+        pl.len().over(day).alias("card_claims_same_day"),
+        pl.col("region").n_unique().over(day).alias("card_regions_same_day"),
+        pl.col("facility_id").n_unique().over(day).alias("card_facilities_same_day"),
+    ]
+    if doctor_day is None:  # claims_base is the whole window: count its doctor-days here
+        per_day.append(pl.col("facility_id").n_unique().over("doctor_id", "service_date")
+                       .alias("doctor_facilities_same_day"))
+    claims = claims_df.lazy().with_columns(per_day)
 
     c = _apply(claims, stats, "amount_dx")
     c = _apply(c.with_columns(_drg_amount.alias("_drg_amount")), stats, "amount_drg")
     c = _apply(c, stats, "drg_weight_dx")
 
-    day = ["patient_id", "service_date"]
     night_start, night_end = params.night_hours
     hour = pl.col("settled_at").dt.hour()
     los = days_between("discharge_date", "admit_date")
-    card_day = claims.group_by(day).agg(
-        pl.len().alias("card_claims_same_day"),
-        pl.col("region").n_unique().alias("card_regions_same_day"),
-        pl.col("facility_id").n_unique().alias("card_facilities_same_day"),
-    )
+    if ((claims_df.get_column("setting") == "inpatient")
+            & claims_df.get_column("admit_date").is_not_null()
+            & claims_df.get_column("discharge_date").is_not_null()).any():  # see _is_stay
+        stays = _stay_features(claims)
+        c = c.join(stays, on="_cidx", how="left")
+    else:  # nothing to compute: every stay feature is neutral
+        c = c.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in _NO_STAYS.items())
+    if doctor_day is not None:
+        c = c.with_columns(pl.col("doctor_id").hash(_PARTITION_SEED).alias("_doctor_hash")) \
+            .join(doctor_day.lazy(), on=["_doctor_hash", "service_date"], how="left")
     c = (
-        c.join(card_day, on=day, how="left")
-        .with_columns(pl.col("doctor_id").hash(_PARTITION_SEED).alias("_doctor_hash"))
-        .join(doctor_day.lazy(), on=["_doctor_hash", "service_date"], how="left")
-        .join(_drug_line_features(lines, stats, params), on="claim_id", how="left")
-        .join(_refill_overlap(lines), on="claim_id", how="left")
-        .join(_line_features(lines), on="claim_id", how="left")
-        .join(_stay_features(claims), on="claim_id", how="left")
+        c.join(_line_aggregates(lines_df, stats, params), on="_cidx", how="left")
         .with_columns(
             pl.col("total_amount").log1p().alias("log_amount"),
             pl.when(pl.col("doctor_id").is_not_null())
@@ -508,4 +645,14 @@ def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.La
             pl.col("drug_amount_z_max").fill_null(0.0),
         )
     )
-    return c.select(["claim_id", *CONTEXT_COLUMNS, *CLAIM_FEATURES, *HELPER_COLUMNS]).collect()
+    # _row: position in the window's scan, present in spilled partitions (see claim_features).
+    row = ["_row"] if "_row" in claims_df.columns else []
+    # In-memory engine: on this plan (a dozen joins over frames already in memory) the
+    # default engine choice cost ~1.5x the CPU, from 16 claims to 250k (polars 2.1).
+    out = c.select(["_cidx", *row, "claim_id", *CONTEXT_COLUMNS, *CLAIM_FEATURES,
+                    *HELPER_COLUMNS]).collect(engine="in-memory")
+    if ordered and not out.get_column("_cidx").is_sorted():
+        # Eager: the same sort inside the lazy query above took twice as long (polars 2.1).
+        out = out.sort("_cidx")
+    out.drop_in_place("_cidx")
+    return out
