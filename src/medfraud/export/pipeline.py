@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -286,18 +287,32 @@ class ScoringPipeline:
         lines = conform("claim_lines", lines)
         ids = claims.select("claim_id")
         window = (claims["service_date"].min(), claims["service_date"].max())
-        dataset = InMemoryDataset(self.feature_tables(claims, lines),
-                                  manifest={"content_digest": self.data_digest})
-        features = build_features(dataset, window, levels=("claim",), params=self.feature_params,
-                                  claim_reference=self.claim_reference)
-        claim_frame = features.frame("claim").join(ids, on="claim_id", how="semi")
-        hits = None
-        if any(p.family == "rules" and p.detector is not None for p in self.detectors):
+        reference, params, catalogue = self.claim_reference, self.feature_params, self.catalogue
+
+        def claim_features():
+            dataset = InMemoryDataset(self.feature_tables(claims, lines),
+                                      manifest={"content_digest": self.data_digest})
+            return build_features(dataset, window, levels=("claim",), params=params,
+                                  claim_reference=reference)
+
+        def claim_hits():
             from medfraud.rules import evaluate_tables
 
-            hits = evaluate_tables(self.rule_tables(claims, lines), self.catalogue, window,
-                                   missing="skip")
-            hits = hits.join(ids.rename({"claim_id": "id"}), on="id", how="semi")
+            hits = evaluate_tables(self.rule_tables(claims, lines), catalogue, window, missing="skip")
+            return hits.join(ids.rename({"claim_id": "id"}), on="id", how="semi")
+
+        hits = None
+        if any(p.family == "rules" and p.detector is not None for p in self.detectors):
+            # Features and rules read the same frozen snapshot and are independent; polars
+            # releases the GIL, so on two cores they run side by side (most of a small
+            # batch's queries are single-threaded).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medfraud-rules") as pool:
+                pending_hits = pool.submit(claim_hits)
+                features = claim_features()
+                hits = pending_hits.result()
+        else:
+            features = claim_features()
+        claim_frame = features.frame("claim").join(ids, on="claim_id", how="semi")
         batch_features = FeatureSet({"claim": claim_frame}, {"claim": features.columns["claim"]},
                                     window=window, rule_hits=hits)
         parts = []
