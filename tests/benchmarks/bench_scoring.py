@@ -116,12 +116,19 @@ def bench_batch(data_dir: Path, model_dir: Path, work: Path, chunk_size: int) ->
                                              how="semi").collect()
     src = work / "batch_input.parquet"
     rows_from_frames(claims, lines).write_parquet(src)
+    start = time.perf_counter()
     pipeline, _ = load_pipeline(model_dir)
-    cpu0 = time.process_time()
-    report = score_file(pipeline, src, work / "batch_output.parquet", chunk_size=chunk_size)
-    cpu = time.process_time() - cpu0
+    pipeline.warm()  # once per loaded model: peer reference, TreeSHAP tables
+    load_seconds = time.perf_counter() - start
+    runs = []
+    for _ in range(2):  # the first file a process scores also pays for polars' and numba's warm-up
+        cpu0 = time.process_time()
+        report = score_file(pipeline, src, work / "batch_output.parquet", chunk_size=chunk_size)
+        runs.append((report, time.process_time() - cpu0))
+    (first, _), (report, cpu) = runs
     return {"claims": report.claims, "rows": report.rows, "seconds": round(report.seconds, 2),
             "claims_per_s": round(report.claims / report.seconds), "cpu_seconds": round(cpu, 1),
+            "first_file_seconds": round(first.seconds, 2), "load_seconds": round(load_seconds, 2),
             "chunk_size": chunk_size, "bad_rows": report.bad_rows}
 
 
@@ -136,6 +143,10 @@ def cost_breakdown(model_dir: Path, work: Path) -> dict:
     pipeline, _ = load_pipeline(model_dir)
     rows = pl.read_parquet(work / "batch_input.parquet")
     out: dict[str, float] = {}
+    start = time.process_time()
+    pipeline.warm()
+    out["model warm-up (peer reference, TreeSHAP tables; once per loaded model)"] = round(
+        time.process_time() - start, 2)
 
     def timed(name, fn):
         start = time.process_time()
@@ -147,7 +158,6 @@ def cost_breakdown(model_dir: Path, work: Path) -> dict:
     claims, lines = batch.claims, batch.lines
     ids = claims.select("claim_id")
     window = (claims["service_date"].min(), claims["service_date"].max())
-    timed("claim peer reference (fitted once per loaded model)", lambda: pipeline.claim_reference)
 
     def claim_features(c, l):
         return build_features(InMemoryDataset(pipeline.feature_tables(c, l)),
@@ -155,7 +165,7 @@ def cost_breakdown(model_dir: Path, work: Path) -> dict:
                               params=pipeline.feature_params, claim_reference=pipeline.claim_reference)
 
     features = timed("claim features", lambda: claim_features(claims, lines))
-    hits = timed("claim rules (history of the batch's patients/doctors)", lambda: evaluate_tables(
+    hits = timed("claim rules (with the batch's rule history)", lambda: evaluate_tables(
         pipeline.rule_tables(claims, lines), pipeline.catalogue, window, missing="skip"))
     frame = features.frame("claim").join(ids, on="claim_id", how="semi")
     scoped = FeatureSet({"claim": frame}, {"claim": features.columns["claim"]}, window=window,
@@ -259,7 +269,9 @@ def write_results(results: dict) -> None:
         f"| batch scoring, {b['context_claims']:,}-claim context (Parquet, chunks of "
         f"{b['chunk_size']:,} rows) | {b['claims_per_s']:,} claims/s | {b['claims']:,} claims / "
         f"{b['rows']:,} rows in {b['seconds']} s wall, CPU {b['cpu_seconds']} s "
-        f"(≈ {b['claims_per_cpu_s']:,} claims per CPU-second) | ≥ 100,000 claims/s | "
+        f"(≈ {b['claims_per_cpu_s']:,} claims per CPU-second); the process's first file "
+        f"{b['first_file_seconds']} s; model load + warm-up {b['load_seconds']} s, once | "
+        "≥ 100,000 claims/s | "
         f"{'yes' if b['claims_per_s'] >= 100_000 else 'NO'} |",
     ]
     for r in results["rest"]:
