@@ -49,12 +49,14 @@ REFERENCE_TABLES = ("patients", "doctors", "facilities", "pharmacies", "drugs", 
 HISTORY_TABLES = ("claims", "claim_lines", "prescriptions", "pharmacy_purchases")
 SCORE_COLUMNS = {"claim_id": pl.String, "risk": pl.Float64, "band": pl.String,
                  "reasons": pl.List(pl.String)}
+# Rule history is pruned for batches below this share of the snapshot's claims (see
+# ScoringPipeline.rule_tables).
+PRUNE_BELOW_SHARE = 0.25
 # Claim-level rule kinds that relate a claim only to itself and to other claims of its
 # patient or its doctor, or (drg_upcoding) to the DRG stays of its diagnosis.  When every
 # enabled claim rule is one of these, rules run on the history of the batch's patients,
 # doctors and DRG diagnoses only: the same hits at a cost that no longer grows with the whole
 # snapshot.  A catalogue with any other kind falls back to the full history.
-PRUNE_BELOW_SHARE = 0.25  # rule history is pruned for batches below this share of the snapshot
 HISTORY_SCOPED_RULE_KINDS = frozenset({
     "sex_restriction", "age_restriction", "indication_restriction", "facility_level_restriction",
     "care_setting_restriction", "course_limit", "duplicate_charge", "frequency_limit",
@@ -369,10 +371,11 @@ class ScoringPipeline:
 
         With ``prune`` (default: when every enabled claim rule's kind is in
         :data:`HISTORY_SCOPED_RULE_KINDS` and the batch has fewer claims than
-        :data:`PRUNE_BELOW_SHARE` of the snapshot's) the history keeps only, up to the batch's last
-        date, the claims of its patients and its doctors' claims on its dates with their lines
-        and patients, the DRG stays of its DRG diagnoses (claim rows only), and the batch
-        doctors' duty roster on its dates (found by binary search, see ``_SortedIndex``).
+        :data:`PRUNE_BELOW_SHARE` of the snapshot's) the history keeps only, up to the
+        batch's last date, the claims of its patients and its doctors' claims on its dates
+        with their lines and patients, the DRG stays of its DRG diagnoses (claim rows only),
+        and the batch doctors' duty roster on its dates (found by binary search, see
+        ``_SortedIndex``).
         """
         if prune is None:
             # A batch of a quarter of the snapshot's size or more needs most of its history
