@@ -164,10 +164,12 @@ def _known_column(column: str) -> str:
     return f"_known_{column}"
 
 
-def _checks(schema: Mapping[str, pl.DataType], known: list[str]) -> list[tuple[str, pl.Expr]]:
-    """(column, expression giving the problem's reason on a bad row and null elsewhere);
-    ``known`` names the id columns checked against the snapshot (``_known_<column>``)."""
-    checks: list[tuple[str, pl.Expr]] = []
+def _checks(schema: Mapping[str, pl.DataType], known: list[str]
+            ) -> list[tuple[str, pl.Expr, pl.Expr]]:
+    """(column, condition true on a bad row, reason text of that row); ``known`` names the
+    id columns checked against the snapshot (``_known_<column>``).  Conditions may use
+    window functions over the whole input; reasons read the row only."""
+    checks: list[tuple[str, pl.Expr, pl.Expr]] = []
     for column, dtype in INPUT_COLUMNS.items():
         if not _cast(schema[column], dtype):
             # Already the contract's type (typed Parquet, REST, text columns): nothing to
@@ -178,25 +180,24 @@ def _checks(schema: Mapping[str, pl.DataType], known: list[str]) -> list[tuple[s
             blank = raw.is_null()
             if schema[column] == pl.String:
                 blank = blank | (raw.str.strip_chars() == "")  # an empty CSV cell is a null
-            unreadable = ~blank & pl.col(column).is_null()
-            checks.append((column, pl.when(unreadable).then(pl.format(
-                "value {} is not a valid " + str(dtype), raw.cast(pl.String).str.slice(0, 40)))))
+            checks.append((column, ~blank & pl.col(column).is_null(), pl.format(
+                "value {} is not a valid " + str(dtype), raw.cast(pl.String).str.slice(0, 40))))
         if column in REQUIRED:
-            checks.append((column, pl.when(blank).then(pl.lit("missing value in a required column"))))
+            checks.append((column, blank, pl.lit("missing value in a required column")))
     for table, column, message, bad in RANGE_CHECKS:
         if table in ("claims", "claim_lines"):
-            checks.append((column, pl.when(bad.fill_null(False)).then(pl.lit(message))))
-    checks.append(("line_no", pl.when(pl.col("line_no").is_not_null()
-                                      & (pl.len().over("claim_id", "line_no") > 1))
-                   .then(pl.lit("duplicate (claim_id, line_no)"))))
+            checks.append((column, bad, pl.lit(message)))
+    checks.append(("line_no", pl.col("line_no").is_not_null()
+                   & (pl.len().over("claim_id", "line_no") > 1),
+                   pl.lit("duplicate (claim_id, line_no)")))
     for column, (table, _key) in ID_REFERENCES.items():
         if column not in known:
             continue
         unknown = pl.col(column).is_not_null() & ~pl.col(_known_column(column))
         if column == "item_code":
             unknown = unknown & (pl.col("item_type") == "drug")
-        checks.append((column, pl.when(unknown).then(pl.format(
-            f"unknown {column} {{}}: not in the model's {table} snapshot", pl.col(column)))))
+        checks.append((column, unknown, pl.format(
+            f"unknown {column} {{}}: not in the model's {table} snapshot", pl.col(column))))
     return checks
 
 
@@ -252,20 +253,22 @@ def check_rows(rows: pl.DataFrame, snapshot: Mapping[str, pl.DataFrame | pl.Seri
     if disagree.any():
         suspects = typed.filter(disagree)
         for column in repeated:
-            checks.append((column, pl.when(
-                pl.col("claim_id").is_in(suspects["claim_id"].implode())
-                & (pl.col(column).n_unique().over("claim_id") > 1))
-                .then(pl.lit("differs between rows of the same claim"))))
-    flagged = typed.select(_ROW, "_claim_ref",
-                           *[expr.cast(pl.String).alias(f"_p{i}") for i, (_c, expr) in enumerate(checks)])
-    columns_of = pl.DataFrame({"_check": [f"_p{i}" for i in range(len(checks))],
-                               "column": [c for c, _e in checks]})
-    flag_columns = [f"_p{i}" for i in range(len(checks))]
-    # Unpivot only the rows with a problem: on clean input this is a cheap filter.
-    flagged = flagged.filter(pl.any_horizontal(pl.col(flag_columns).is_not_null()))
+            checks.append((column, pl.col("claim_id").is_in(suspects["claim_id"].implode())
+                           & (pl.col(column).n_unique().over("claim_id") > 1),
+                           pl.lit("differs between rows of the same claim")))
+    # Conditions first, as booleans over every row (cheap); reason texts only for the rows
+    # with a problem: on clean input the check is one pass of comparisons.
+    conditions = typed.select(*[condition.fill_null(False).alias(f"_p{i}")
+                                for i, (_c, condition, _r) in enumerate(checks)])
+    bad_row = conditions.select(pl.any_horizontal(pl.all())).to_series()
+    flagged = typed.with_columns(conditions).filter(bad_row).select(
+        _ROW, "_claim_ref", *[pl.when(pl.col(f"_p{i}")).then(reason.cast(pl.String)).alias(f"_p{i}")
+                              for i, (_c, _condition, reason) in enumerate(checks)])
     typed = typed.select(_ROW, "_claim_ref", *INPUT_COLUMNS)
     if flagged.height == 0:
         return _valid(typed, pl.DataFrame(schema=PROBLEM_SCHEMA), n)
+    columns_of = pl.DataFrame({"_check": [f"_p{i}" for i in range(len(checks))],
+                               "column": [c for c, _cond, _r in checks]})
     problems = (flagged.unpivot(index=[_ROW, "_claim_ref"], variable_name="_check", value_name="reason")
                 .drop_nulls("reason")
                 .join(columns_of, on="_check", how="left")
