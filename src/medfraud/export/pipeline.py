@@ -436,7 +436,8 @@ class ScoringPipeline:
                                 pl.lit(part.weight, pl.Float64).alias("w"))
 
     def _combine(self, ids: pl.DataFrame, parts: list[pl.DataFrame]) -> pl.DataFrame:
-        long = pl.concat(parts, how="vertical")
+        # One lazy plan, one collect: on a REST batch the fixed cost per eager step dominates.
+        long = pl.concat([part.lazy() for part in parts], how="vertical")
         present = pl.col("u").is_not_null() & pl.col("u").is_not_nan()
         combined = long.group_by("claim_id").agg(
             ((pl.col("u") * pl.col("w")).filter(present).sum()
@@ -450,10 +451,11 @@ class ScoringPipeline:
                    .unique(["claim_id", "reason"], keep="first", maintain_order=True)
                    .group_by("claim_id", maintain_order=True)
                    .agg(pl.col("reason").head(k).alias("reasons")))
-        return (ids.join(combined, on="claim_id", how="left", maintain_order="left")
+        return (ids.lazy().join(combined, on="claim_id", how="left", maintain_order="left")
                 .join(reasons, on="claim_id", how="left", maintain_order="left")
                 .with_columns(pl.col("raw_score").fill_null(0.0).fill_nan(0.0),
-                              pl.col("reasons").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
+                              pl.col("reasons").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+                .collect(engine="in-memory"))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
