@@ -7,6 +7,7 @@ feature can read them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date
 
@@ -158,32 +159,45 @@ def apply_peer_stats(frame: pl.LazyFrame, group: pl.LazyFrame,
     of a cross join: one plan node fewer per statistic, which is most of the cost on tiny
     frames (scoring a few claims).
     """
+    joined = frame.join(group, on=keys, how="left", nulls_equal=True)
+    if isinstance(overall, pl.DataFrame):
+        ratio_z, helpers = _peer_exprs(value, prefix, overall.item(0, "_g_med"),
+                                       overall.item(0, "_g_scale"))
+    else:
+        ratio_z, helpers = _peer_exprs(value, prefix, None, None, literal=False)
+        joined = joined.join(overall, how="cross")
+    return joined.with_columns(ratio_z).drop(helpers)
+
+
+@functools.lru_cache(maxsize=256)
+def _peer_exprs(value: str, prefix: str, g_med: float | None, g_scale: float | None,
+                literal: bool = True) -> tuple[tuple[pl.Expr, ...], tuple[str, ...]]:
+    """Expressions of :func:`apply_peer_stats`: (ratio and z, helper columns to drop).
+
+    Cached: a scoring call of a few claims spends as much time building polars expressions
+    as running them, and the global statistics of a fitted reference repeat from call to
+    call (expressions are immutable, so sharing them across plans is safe).  The group's
+    statistics with their global fallback are inlined in both expressions (one plan node
+    instead of two: each node and expression is a fixed cost on a few claims; on many,
+    common-subexpression elimination evaluates them once).
+    """
     med, scale = f"{prefix}_med", f"{prefix}_scale"
     x = pl.col(value)
-    if isinstance(overall, pl.DataFrame):
-        g_med = pl.lit(overall.item(0, "_g_med"), pl.Float64)
-        g_scale = pl.lit(overall.item(0, "_g_scale"), pl.Float64)
-        joined = frame.join(group, on=keys, how="left", nulls_equal=True)
+    if literal:
+        g_med_e, g_scale_e = pl.lit(g_med, pl.Float64), pl.lit(g_scale, pl.Float64)
+        helpers: tuple[str, ...] = (med, scale)
     else:
-        g_med, g_scale = pl.col("_g_med"), pl.col("_g_scale")
-        joined = frame.join(group, on=keys, how="left", nulls_equal=True) \
-            .join(overall, how="cross")
-    out = (
-        joined
-        .with_columns(
-            pl.coalesce(med, g_med).alias(med),
-            pl.when(pl.col(med).is_null()).then(g_scale).otherwise(pl.col(scale)).alias(scale),
-        )
-        .with_columns(
-            pl.when(x.is_not_null() & (pl.col(med) > 0)).then(x / pl.col(med)).otherwise(1.0)
-            .alias(f"{prefix}_ratio"),
-            pl.when(x.is_not_null() & pl.col(scale).is_not_null())
-            .then((x - pl.col(med)) / pl.col(scale)).otherwise(0.0).alias(f"{prefix}_z"),
-        )
+        g_med_e, g_scale_e = pl.col("_g_med"), pl.col("_g_scale")
+        helpers = (med, scale, "_g_med", "_g_scale")
+    med_e = pl.coalesce(med, g_med_e)
+    scale_e = pl.when(pl.col(med).is_null()).then(g_scale_e).otherwise(pl.col(scale))
+    ratio_z = (
+        pl.when(x.is_not_null() & (med_e > 0)).then(x / med_e).otherwise(1.0)
+        .alias(f"{prefix}_ratio"),
+        pl.when(x.is_not_null() & scale_e.is_not_null())
+        .then((x - med_e) / scale_e).otherwise(0.0).alias(f"{prefix}_z"),
     )
-    if isinstance(overall, pl.DataFrame):
-        return out.drop(med, scale)
-    return out.drop(med, scale, "_g_med", "_g_scale")
+    return ratio_z, helpers
 
 
 def attach_peer_stats(frame: pl.LazyFrame, reference: pl.LazyFrame, keys: list[str], value: str,

@@ -2,13 +2,14 @@
 
 Every feature is a polars expression; inside a partition claims carry integer keys
 (``_cidx``: position in claim_id order, ``_pkey`` / ``_ikey``: injective 64-bit hashes of
-patient and item), the line-derived features come from one sort of the lines and one
+patient and item; with few claims ``_ikey`` is item_code itself), the line-derived features come from one sort of the lines and one
 group-by (refills, duplicates, drug aggregates), readmissions from a window function with
 ``order_by`` (few rows).  See docs/features.md for the definition of every column.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 from collections.abc import Mapping
@@ -66,6 +67,24 @@ HELPER_COLUMNS = ["_drug_amount", "_high_value_amount", "_month", "diagnosis_cod
 # line frames of one partition, not of the whole window, bound the peak memory.
 CLAIMS_PER_PARTITION = 250_000
 _PARTITION_SEED = 0x5EED
+# Up to this many claims a plan's execution costs less than its optimisation (a scoring call:
+# 16 claims, ~40 plan nodes): only projection and predicate pushdown are kept then, and the
+# line base stays inside the claim plan instead of being collected first (see
+# docs/features.md, "Fixed cost of a call").
+FEW_CLAIMS = 10_000
+
+
+def _plan_optimizations(n_claims: int | None) -> pl.QueryOptFlags:
+    """Query optimisations for a plan over ``n_claims`` claims (None: unknown, the defaults).
+
+    On a few claims, common-subplan/subexpression elimination, expression simplification,
+    join ordering and the other passes cost more than they save (16 claims: ~30 % of the
+    claim plan's CPU); results are the same, only the plan's cost changes.  A fresh object
+    each call: the flags are mutable.
+    """
+    if n_claims is None or n_claims > FEW_CLAIMS:
+        return pl.QueryOptFlags()
+    return pl.QueryOptFlags.none().update(projection_pushdown=True, predicate_pushdown=True)
 
 
 def _claim_key(claims: pl.LazyFrame | pl.DataFrame) -> pl.Expr:
@@ -158,6 +177,16 @@ def _line_flags(lines: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFra
     position in claim_id order), service_date, line_no, quantity, days_supply, ``_is_drug``
     and ``_not_bed`` (item_type is not "bed"); narrow numeric columns keep the sort cheap.
     """
+    return lines.sort(_LINE_ORDER).with_columns(_line_flag_exprs())
+
+
+_LINE_ORDER = ["_pkey", "_ikey", "service_date", "_cidx", "line_no"]
+
+
+@functools.cache
+def _line_flag_exprs() -> tuple[pl.Expr, ...]:
+    """The expressions of :func:`_line_flags` (built once: polars expressions are immutable
+    and reusable across plans, and building them is a fixed cost of every call)."""
     drug = pl.col("_is_drug")
 
     def previous_drug(expr: pl.Expr) -> pl.Expr:
@@ -170,7 +199,7 @@ def _line_flags(lines: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFra
                  & (previous_drug(pl.col("_ikey")) == pl.col("_ikey")))
     overlap = previous_drug(supply) - days_between(pl.col("service_date"),
                                                    previous_drug(pl.col("service_date")))
-    run = ["_pkey", "_ikey", "service_date"]
+    run = _LINE_ORDER[:3]
     run_start = ~pl.all_horizontal([pl.col(k) == pl.col(k).shift(1) for k in run]) \
         .fill_null(False)
     run_end = run_start.shift(-1, fill_value=True)
@@ -178,18 +207,15 @@ def _line_flags(lines: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFra
     last_claim = pl.when(run_end).then(pl.col("_cidx")).backward_fill()
     not_bed = pl.col("_not_bed")
     return (
-        lines.sort([*run, "_cidx", "line_no"])
-        .with_columns(
-            pl.when(drug).then(pl.when(same_drug).then(overlap.clip(lower_bound=0)).otherwise(0))
-            .alias("_overlap"),
-            (first_claim != last_claim).alias("_dup_across"),
-            (not_bed & ~pl.struct("_cidx", "_ikey", "quantity", not_bed).is_first_distinct())
-            .alias("_dup_in"),
-        )
+        pl.when(drug).then(pl.when(same_drug).then(overlap.clip(lower_bound=0)).otherwise(0))
+        .alias("_overlap"),
+        (first_claim != last_claim).alias("_dup_across"),
+        (not_bed & ~pl.struct("_cidx", "_ikey", "quantity", not_bed).is_first_distinct())
+        .alias("_dup_in"),
     )
 
 
-def _line_aggregates(lines: pl.DataFrame,
+def _line_aggregates(lines: pl.DataFrame | pl.LazyFrame,
                      stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]],
                      params: FeatureParams) -> pl.LazyFrame:
     """Every line-derived claim feature in one group-by of the lines on ``_cidx``.
@@ -201,6 +227,18 @@ def _line_aggregates(lines: pl.DataFrame,
     are computed before the group-by so every aggregation is a plain column reduction
     (polars' fast path).
     """
+    per_line = _apply(lines.lazy(), stats, "_drug_amt").select(_per_line_exprs(params))
+    # Per-line values first, then the sort of _line_flags on these narrow numeric columns.
+    # (Collected first above a few thousand lines: the eager sort is the cheaper one; on
+    # a few lines, fewer collects are.)
+    if isinstance(lines, pl.DataFrame) and lines.height > _EAGER_SORT_LINES:
+        per_line = per_line.collect()
+    return _line_flags(per_line).lazy().group_by("_cidx").agg(_line_aggs())
+
+
+@functools.lru_cache(maxsize=16)
+def _per_line_exprs(params: FeatureParams) -> tuple[pl.Expr, ...]:
+    """Per-line columns of :func:`_line_aggregates` (cached by ``params``)."""
     emergency = [d.lower() for d in params.emergency_departments]
     drug = pl.col("_is_drug")
     supply = pl.col("days_supply").fill_null(1).clip(lower_bound=1)
@@ -214,8 +252,9 @@ def _line_aggregates(lines: pl.DataFrame,
     def on_drug(expr: pl.Expr, name: str) -> pl.Expr:
         return pl.when(drug).then(expr).alias(name)
 
-    per_line = _apply(lines.lazy(), stats, "_drug_amt").select(
-        "_pkey", "_ikey", "service_date", "_cidx", "line_no", "quantity", "days_supply", drug,
+    return (
+        *map(pl.col, ("_pkey", "_ikey", "service_date", "_cidx", "line_no", "quantity",
+                      "days_supply")), drug,
         (pl.col("item_type") != "bed").alias("_not_bed"),
         on_drug(pl.col("quantity") / (pl.col("max_daily_units") * supply), "_dose_ratio"),
         on_drug((pl.col("days_supply").fill_null(0) - limit).clip(lower_bound=0),
@@ -234,12 +273,12 @@ def _line_aggregates(lines: pl.DataFrame,
         pl.when(drug & pl.col("_high_value").fill_null(False)).then(pl.col("amount"))
         .alias("_high_value_line_amount"),
     )
-    # Per-line values first, then the sort of _line_flags on these narrow numeric columns.
-    # (Collected first above a few thousand lines: the eager sort is the cheaper one; on
-    # a few lines, fewer collects are.)
-    if lines.height > _EAGER_SORT_LINES:
-        per_line = per_line.collect()
-    return _line_flags(per_line).lazy().group_by("_cidx").agg(
+
+
+@functools.cache
+def _line_aggs() -> tuple[pl.Expr, ...]:
+    """The per-claim aggregations of :func:`_line_aggregates`."""
+    return (
         pl.len().alias("n_lines"),
         pl.col("_dup_across").sum().alias("dup_lines_across_claims"),
         pl.col("_not_bed").sum().alias("_care_lines"),
@@ -262,19 +301,33 @@ def _line_aggregates(lines: pl.DataFrame,
 def _stay_features(claims: pl.LazyFrame) -> pl.LazyFrame:
     """Readmission gap, overlapping stays and outpatient claims during inpatient stays,
     keyed by ``_cidx`` (claims from :func:`_keyed_claims`)."""
-    stays = claims.filter(_is_stay).select("_cidx", "patient_id", "diagnosis_code",
-                                           "admit_date", "discharge_date")
+    e = _stay_exprs()
+    stays = claims.filter(_is_stay).select(*e["stay_columns"])
+    readmit = stays.select("_cidx", e["gap"])
+    other = stays.select(*e["other"])
+    # One join of every claim with its patient's stays serves both relations (a few plan
+    # nodes instead of two joins and their filters: the fixed cost of a few-claim call).
+    pairs = (
+        claims.select(*e["claim_columns"])
+        .join(other, on="patient_id", how="inner")
+        .select(*e["pair"])
+        .filter(e["pair_filter"])
+    )
+    by_claim = pairs.group_by("_cidx").agg(*e["by_claim"])
+    by_stay = pairs.filter(pl.col("_during")).group_by(e["other_cidx"]).agg(e["by_stay"])
+    return (
+        readmit.join(by_stay, on="_cidx", how="left")
+        .join(by_claim, on="_cidx", how="full", coalesce=True)
+    )
+
+
+@functools.cache
+def _stay_exprs() -> dict[str, pl.Expr | tuple]:
+    """The expressions of :func:`_stay_features`, built once (a fixed cost of every call)."""
     # _cidx follows claim_id order, so it breaks ties as claim_id would.
     order = ["admit_date", "_cidx"]
     prev_discharge = pl.col("discharge_date").shift(1).over(["patient_id", "diagnosis_code"],
                                                             order_by=order)
-    readmit = stays.select(
-        "_cidx", days_between(pl.col("admit_date"), prev_discharge).alias("_gap"))
-    other = stays.select("patient_id", pl.col("_cidx").alias("_other"),
-                         pl.col("admit_date").alias("_o_admit"),
-                         pl.col("discharge_date").alias("_o_discharge"))
-    # One join of every claim with its patient's stays serves both relations (a few plan
-    # nodes instead of two joins and their filters: the fixed cost of a few-claim call).
     overlap = (pl.col("_stay") & (pl.col("_cidx") != pl.col("_other"))
                & (pl.col("admit_date") < pl.col("_o_discharge"))
                & (pl.col("_o_admit") < pl.col("discharge_date")))
@@ -282,23 +335,25 @@ def _stay_features(claims: pl.LazyFrame) -> pl.LazyFrame:
     during = ((pl.col("setting") != "inpatient")
               & (pl.col("service_date") > pl.col("_o_admit"))
               & (pl.col("service_date") < pl.col("_o_discharge")))
-    pairs = (
-        claims.select("_cidx", "patient_id", "service_date", "setting", "admit_date",
-                      "discharge_date", _is_stay.alias("_stay"))
-        .join(other, on="patient_id", how="inner")
-        .select("_cidx", "_other", overlap.alias("_overlap"), during.alias("_during"))
-        .filter(pl.col("_overlap") | pl.col("_during"))
-    )
-    by_claim = pairs.group_by("_cidx").agg(
-        pl.col("_overlap").sum().alias("n_overlapping_stays"),
-        pl.when(pl.col("_during").any()).then(pl.lit(1, pl.Int32))
-        .alias("during_inpatient_stay"))
-    by_stay = pairs.filter(pl.col("_during")).group_by(pl.col("_other").alias("_cidx")) \
-        .agg(pl.len().alias("n_outpatient_during_stay"))
-    return (
-        readmit.join(by_stay, on="_cidx", how="left")
-        .join(by_claim, on="_cidx", how="full", coalesce=True)
-    )
+    return {
+        "stay_columns": tuple(map(pl.col, ("_cidx", "patient_id", "diagnosis_code",
+                                           "admit_date", "discharge_date"))),
+        "gap": days_between(pl.col("admit_date"), prev_discharge).alias("_gap"),
+        "other": (pl.col("patient_id"), pl.col("_cidx").alias("_other"),
+                  pl.col("admit_date").alias("_o_admit"),
+                  pl.col("discharge_date").alias("_o_discharge")),
+        "claim_columns": (*map(pl.col, ("_cidx", "patient_id", "service_date", "setting",
+                                        "admit_date", "discharge_date")),
+                          _is_stay.alias("_stay")),
+        "pair": (pl.col("_cidx"), pl.col("_other"), overlap.alias("_overlap"),
+                 during.alias("_during")),
+        "pair_filter": pl.col("_overlap") | pl.col("_during"),
+        "by_claim": (pl.col("_overlap").sum().alias("n_overlapping_stays"),
+                     pl.when(pl.col("_during").any()).then(pl.lit(1, pl.Int32))
+                     .alias("during_inpatient_stay")),
+        "other_cidx": pl.col("_other").alias("_cidx"),
+        "by_stay": pl.len().alias("n_outpatient_during_stay"),
+    }
 
 
 _is_stay = ((pl.col("setting") == "inpatient") & pl.col("admit_date").is_not_null()
@@ -449,15 +504,19 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
     the peer statistics and the doctor's facilities per day, which are computed once over
     the whole window (narrow projections) and joined into every partition.
     """
-    n_claims = tables.claims.filter(in_window("service_date", window)).select(pl.len()) \
-        .collect().item()
+    # The table's row count first: a metadata read (in-memory frame or Parquet footers),
+    # where the window's count is a query over the dates, a fixed cost of every call.
+    n_claims = tables.claims.select(pl.len()).collect(engine="in-memory").item()
+    if n_claims > CLAIMS_PER_PARTITION:
+        n_claims = tables.claims.filter(in_window("service_date", window)).select(pl.len()) \
+            .collect().item()
     n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION))
     stats = (reference if reference is not None
              else fit_claim_reference(tables, reference_window)).stats
     if n_parts == 1:
         # The doctor-day exceptions then come from the collected claim base (no rescan).
         return _claim_partition(tables, _claims_base(tables, window), tables.claim_lines,
-                                params, stats, None)
+                                params, stats, None, max_claims=n_claims)
     window_claims = tables.claims.filter(in_window("service_date", window))
     doctor_day = _doctor_day(window_claims)
     # Claim tables are usually stored in claim_id order: then the position of a claim in
@@ -540,12 +599,14 @@ def _injective_key(frame: pl.DataFrame, column: str, key: str) -> pl.DataFrame:
     return frame.hstack([hashed.alias(key)])
 
 
-def _keyed_claims(claims_base: pl.LazyFrame) -> pl.DataFrame:
+def _keyed_claims(claims_base: pl.LazyFrame, max_claims: int | None = None) -> pl.DataFrame:
     """Collect a claim base sorted by claim_id, with ``_cidx`` (UInt32 position, so it
-    orders claims as claim_id does) and ``_pkey`` (injective key of patient_id)."""
+    orders claims as claim_id does) and ``_pkey`` (injective key of patient_id).
+    ``max_claims`` : a bound on the claims of ``claims_base``, None when unknown."""
     # In-memory engine for the per-partition collects (at most ~250k claims): cheaper
     # than the streaming engine here, from a few claims up (polars 2.1).
-    claims = claims_base.collect(engine="in-memory").sort("claim_id")
+    claims = claims_base.collect(engine="in-memory",
+                                 optimizations=_plan_optimizations(max_claims)).sort("claim_id")
     claims = claims.hstack([pl.int_range(0, claims.height, dtype=pl.UInt32, eager=True)
                             .alias("_cidx")])
     return _injective_key(claims, "patient_id", "_pkey")
@@ -553,7 +614,8 @@ def _keyed_claims(claims_base: pl.LazyFrame) -> pl.DataFrame:
 
 def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.LazyFrame,
                      params: FeatureParams, stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]],
-                     doctor_day: pl.DataFrame | None, ordered: bool = True) -> pl.DataFrame:
+                     doctor_day: pl.DataFrame | None, ordered: bool = True,
+                     max_claims: int | None = None) -> pl.DataFrame:
     """Claim features of the claims of ``claims_base`` (one patient partition, or the whole
     window), whose lines are among ``raw_lines``; see :func:`claim_features`.
 
@@ -561,32 +623,30 @@ def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.La
     whole window (it is then computed from the collected claims, no second scan).
     ``ordered`` : return the rows in claim_id order (else in no particular order, for
     partitions that are sorted together afterwards).
+    ``max_claims`` : a bound on the claims of ``claims_base`` (None: unknown).
     """
     # The joined claim and line bases feed several branches; materialising them once is
     # cheaper than relying on common-subplan elimination across all of them.
-    claims_df = _keyed_claims(claims_base)
-    lines_df = _lines_base(tables, claims_df, params, raw_lines).collect(engine="in-memory")
-    lines_df = _injective_key(lines_df, "item_code", "_ikey")
-    day = ["_pkey", "service_date"]
+    claims_df = _keyed_claims(claims_base, max_claims)
+    optimizations = _plan_optimizations(claims_df.height)
+    lines: pl.DataFrame | pl.LazyFrame = _lines_base(tables, claims_df, params, raw_lines)
+    if claims_df.height <= FEW_CLAIMS:
+        # Few claims: the lines stay in the claim plan (one collect fewer), keyed by
+        # item_code itself (exact, like the hash fallback; no collected column to check).
+        lines = lines.with_columns(pl.col("item_code").alias("_ikey"))
+    else:
+        lines = _injective_key(lines.collect(engine="in-memory", optimizations=optimizations),
+                               "item_code", "_ikey")
     # Window expressions on the collected frame: same values as a group-by joined back,
     # one node instead of two (the fixed cost of a few-claim call is per node).
-    per_day = [
-        pl.len().over(day).alias("card_claims_same_day"),
-        pl.col("region").n_unique().over(day).alias("card_regions_same_day"),
-        pl.col("facility_id").n_unique().over(day).alias("card_facilities_same_day"),
-    ]
-    if doctor_day is None:  # claims_base is the whole window: count its doctor-days here
-        per_day.append(pl.col("facility_id").n_unique().over("doctor_id", "service_date")
-                       .alias("doctor_facilities_same_day"))
+    # claims_base is the whole window when doctor_day is None: its doctor-days count here.
+    per_day = _per_day_exprs(doctor_day is None)
     claims = claims_df.lazy().with_columns(per_day)
 
     c = _apply(claims, stats, "amount_dx")
     c = _apply(c.with_columns(_drg_amount.alias("_drg_amount")), stats, "amount_drg")
     c = _apply(c, stats, "drg_weight_dx")
 
-    night_start, night_end = params.night_hours
-    hour = pl.col("settled_at").dt.hour()
-    los = days_between("discharge_date", "admit_date")
     if ((claims_df.get_column("setting") == "inpatient")
             & claims_df.get_column("admit_date").is_not_null()
             & claims_df.get_column("discharge_date").is_not_null()).any():  # see _is_stay
@@ -597,62 +657,88 @@ def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.La
     if doctor_day is not None:
         c = c.with_columns(pl.col("doctor_id").hash(_PARTITION_SEED).alias("_doctor_hash")) \
             .join(doctor_day.lazy(), on=["_doctor_hash", "service_date"], how="left")
-    c = (
-        c.join(_line_aggregates(lines_df, stats, params), on="_cidx", how="left")
-        .with_columns(
-            pl.col("total_amount").log1p().alias("log_amount"),
-            pl.when(pl.col("doctor_id").is_not_null())
-            .then(pl.col("doctor_facilities_same_day").fill_null(1))
-            .alias("doctor_facilities_same_day"),
-            pl.when(pl.col("total_amount") > 0).then(pl.col("fund_paid") / pl.col("total_amount"))
-            .otherwise(0.0).alias("fund_share"),
-            days_between("service_date", "death_date").clip(lower_bound=0).fill_null(0)
-            .alias("days_after_death"),
-            pl.col("cross_region").cast(pl.Int8).alias("cross_region"),
-            pl.col("_roster_facility").is_not_null().cast(pl.Int8).alias("doctor_on_duty"),
-            (pl.col("_roster_facility").is_not_null()
-             & (pl.col("_roster_facility") != pl.col("facility_id"))).cast(pl.Int8)
-            .alias("doctor_roster_other_facility"),
-            (pl.col("setting") == "inpatient").cast(pl.Int8).alias("is_inpatient"),
-            los.fill_null(0).alias("length_of_stay"),
-            pl.when(pl.col("setting") == "inpatient")
-            .then(pl.col("_care_lines").fill_null(0) / los.fill_null(0).clip(lower_bound=1))
-            .otherwise(0.0).alias("care_lines_per_bed_day"),
-            pl.col("_gap").fill_null(params.gap_cap_days).clip(upper_bound=params.gap_cap_days)
-            .alias("readmission_gap_days"),
-            pl.col("_gap").is_between(0, params.readmission_days).fill_null(False).cast(pl.Int8)
-            .alias("readmitted_within_limit"),
-            (pl.col("settled_at").dt.weekday() >= 6).cast(pl.Int8).alias("weekend"),
-            ((hour >= night_start) | (hour < night_end)).cast(pl.Int8).alias("night"),
-            *[(pl.col("setting") == s).cast(pl.Int8).alias(f"setting_{s}")
-              for s in ("outpatient", "inpatient", "pharmacy", "online")],
-            pl.col("drg_weight").fill_null(0.0).alias("drg_weight"),
-            pl.col("_drug_amount").fill_null(0.0),
-            pl.col("_high_value_amount").fill_null(0.0),
-            pl.col("service_date").dt.truncate("1mo").alias("_month"),
-        )
-        .with_columns(
-            pl.when(pl.col("_drug_amount") > 0)
-            .then(pl.col("_high_value_amount") / pl.col("_drug_amount")).otherwise(0.0)
-            .alias("high_value_drug_share"),
-            *[pl.col(name).fill_null(0) for name in (
-                "n_drug_lines", "dose_ratio_max", "days_over_limit_max", "refill_overlap_days_max",
-                "n_refill_overlap_lines", "sex_restriction_hits", "age_restriction_hits",
-                "level_restriction_hits", "n_lines", "dup_lines_in_claim",
-                "dup_lines_across_claims", "n_overlapping_stays", "during_inpatient_stay",
-                "n_outpatient_during_stay")],
-            pl.col("drug_amount_ratio_max").fill_null(1.0),
-            pl.col("drug_amount_z_max").fill_null(0.0),
-        )
-    )
+    first, second = _claim_exprs(params)
+    c = c.join(_line_aggregates(lines, stats, params), on="_cidx", how="left") \
+        .with_columns(first).with_columns(second)
     # _row: position in the window's scan, present in spilled partitions (see claim_features).
     row = ["_row"] if "_row" in claims_df.columns else []
     # In-memory engine: on this plan (a dozen joins over frames already in memory) the
     # default engine choice cost ~1.5x the CPU, from 16 claims to 250k (polars 2.1).
     out = c.select(["_cidx", *row, "claim_id", *CONTEXT_COLUMNS, *CLAIM_FEATURES,
-                    *HELPER_COLUMNS]).collect(engine="in-memory")
+                    *HELPER_COLUMNS]).collect(engine="in-memory", optimizations=optimizations)
     if ordered and not out.get_column("_cidx").is_sorted():
         # Eager: the same sort inside the lazy query above took twice as long (polars 2.1).
         out = out.sort("_cidx")
     out.drop_in_place("_cidx")
     return out
+
+
+@functools.cache
+def _per_day_exprs(doctor_days: bool) -> tuple[pl.Expr, ...]:
+    """Card use per (patient, day) and, with ``doctor_days``, facilities per (doctor, day)."""
+    day = ["_pkey", "service_date"]
+    per_day = (
+        pl.len().over(day).alias("card_claims_same_day"),
+        pl.col("region").n_unique().over(day).alias("card_regions_same_day"),
+        pl.col("facility_id").n_unique().over(day).alias("card_facilities_same_day"),
+    )
+    if doctor_days:
+        per_day += (pl.col("facility_id").n_unique().over("doctor_id", "service_date")
+                    .alias("doctor_facilities_same_day"),)
+    return per_day
+
+
+@functools.lru_cache(maxsize=16)
+def _claim_exprs(params: FeatureParams) -> tuple[tuple[pl.Expr, ...], tuple[pl.Expr, ...]]:
+    """The two final ``with_columns`` steps of :func:`_claim_partition` (cached by
+    ``params``: building these ~60 expressions cost as much as running them on a
+    few-claim scoring call)."""
+    night_start, night_end = params.night_hours
+    hour = pl.col("settled_at").dt.hour()
+    los = days_between("discharge_date", "admit_date")
+    first = (
+        pl.col("total_amount").log1p().alias("log_amount"),
+        pl.when(pl.col("doctor_id").is_not_null())
+        .then(pl.col("doctor_facilities_same_day").fill_null(1))
+        .alias("doctor_facilities_same_day"),
+        pl.when(pl.col("total_amount") > 0).then(pl.col("fund_paid") / pl.col("total_amount"))
+        .otherwise(0.0).alias("fund_share"),
+        days_between("service_date", "death_date").clip(lower_bound=0).fill_null(0)
+        .alias("days_after_death"),
+        pl.col("cross_region").cast(pl.Int8).alias("cross_region"),
+        pl.col("_roster_facility").is_not_null().cast(pl.Int8).alias("doctor_on_duty"),
+        (pl.col("_roster_facility").is_not_null()
+         & (pl.col("_roster_facility") != pl.col("facility_id"))).cast(pl.Int8)
+        .alias("doctor_roster_other_facility"),
+        (pl.col("setting") == "inpatient").cast(pl.Int8).alias("is_inpatient"),
+        los.fill_null(0).alias("length_of_stay"),
+        pl.when(pl.col("setting") == "inpatient")
+        .then(pl.col("_care_lines").fill_null(0) / los.fill_null(0).clip(lower_bound=1))
+        .otherwise(0.0).alias("care_lines_per_bed_day"),
+        pl.col("_gap").fill_null(params.gap_cap_days).clip(upper_bound=params.gap_cap_days)
+        .alias("readmission_gap_days"),
+        pl.col("_gap").is_between(0, params.readmission_days).fill_null(False).cast(pl.Int8)
+        .alias("readmitted_within_limit"),
+        (pl.col("settled_at").dt.weekday() >= 6).cast(pl.Int8).alias("weekend"),
+        ((hour >= night_start) | (hour < night_end)).cast(pl.Int8).alias("night"),
+        *[(pl.col("setting") == s).cast(pl.Int8).alias(f"setting_{s}")
+          for s in ("outpatient", "inpatient", "pharmacy", "online")],
+        pl.col("drg_weight").fill_null(0.0).alias("drg_weight"),
+        pl.col("_drug_amount").fill_null(0.0),
+        pl.col("_high_value_amount").fill_null(0.0),
+        pl.col("service_date").dt.truncate("1mo").alias("_month"),
+    )
+    second = (
+        pl.when(pl.col("_drug_amount") > 0)
+        .then(pl.col("_high_value_amount") / pl.col("_drug_amount")).otherwise(0.0)
+        .alias("high_value_drug_share"),
+        *[pl.col(name).fill_null(0) for name in (
+            "n_drug_lines", "dose_ratio_max", "days_over_limit_max", "refill_overlap_days_max",
+            "n_refill_overlap_lines", "sex_restriction_hits", "age_restriction_hits",
+            "level_restriction_hits", "n_lines", "dup_lines_in_claim",
+            "dup_lines_across_claims", "n_overlapping_stays", "during_inpatient_stay",
+            "n_outpatient_during_stay")],
+        pl.col("drug_amount_ratio_max").fill_null(1.0),
+        pl.col("drug_amount_z_max").fill_null(0.0),
+    )
+    return first, second
