@@ -88,3 +88,41 @@ def test_drug_sales_combine_over_disjoint_parts():
     assert combined.equals(whole)
     assert whole.height == 6 and whole["sold"].sum() == lines.drop_nulls("pharmacy_id")[
         "quantity"].sum()
+
+
+def test_cached_parameter_frames_and_filters():
+    from medfraud.rules.inputs import is_in, mapping_frame, value_frame
+
+    # Built once per parameter value, reused by every call (and thread).
+    assert is_in("setting", ["a", "b"]) is is_in("setting", ("a", "b"))
+    assert is_in("setting", ["a"]) is not is_in("setting", ["a", "b"])
+    frame = pl.DataFrame({"setting": ["a", "b", "c", None]})
+    assert frame.filter(is_in("setting", {"b": 1, "c": 2}))["setting"].to_list() == ["b", "c"]
+    assert frame.filter(is_in("setting", []))["setting"].to_list() == []
+    mapping = {"K1": ["x", "y"], "K2": ["z"]}
+    got = mapping_frame(mapping, "k", "v")
+    assert got is mapping_frame(dict(mapping), "k", "v")
+    assert got.collect().rows() == [("K1", "x"), ("K1", "y"), ("K2", "z")]
+    assert mapping_frame({}, "k", "v").collect().schema == {"k": pl.String, "v": pl.String}
+    caps = value_frame({"drug": 3, "exam": 1.5}, "item_type", "cap", pl.Float64).collect()
+    assert caps.rows() == [("drug", 3.0), ("exam", 1.5)]
+    assert caps.schema == {"item_type": pl.String, "cap": pl.Float64}
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_window_claims_and_shared_lines(small):
+    tables = make_tables([claim("C1", "2024-02-01"), claim("C2", "2024-03-01"),
+                          claim("C3", "2024-04-01")],
+                         [line("C1"), line("C2"), line("C2", 2, item_type="exam"), line("C3")])
+    lazy = {name: frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+            for name, frame in tables.items()}
+    inputs = RuleInputs(lazy, date(2024, 2, 15), date(2024, 3, 31), small=small)
+    # History before the window stays in claims(); only window_claims() drops it.
+    assert sorted(inputs.claims().collect()["claim_id"]) == ["C1", "C2"]
+    got = inputs.window_claims(["claim_id", "service_date"]).collect()
+    assert got["claim_id"].to_list() == ["C2"] and got.columns == ["claim_id", "service_date"]
+    drugs = inputs.lines(["drug"]).collect().sort("claim_id", "line_no")
+    assert drugs["claim_id"].to_list() == ["C1", "C2"]  # C3 is after the window end
+    assert set(drugs.columns) >= {"item_type", "patient_id", "setting", "service_date"}
+    assert inputs.lines(["exam"]).collect()["claim_id"].to_list() == ["C2"]
+    assert ("lines_context" in inputs._shared) == small  # materialised for small inputs only

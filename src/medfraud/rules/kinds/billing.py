@@ -7,7 +7,7 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
-from medfraud.rules.inputs import RuleInputs, mapping_frame, per_claim
+from medfraud.rules.inputs import RuleInputs, is_in, mapping_frame, per_claim, value_frame
 from medfraud.rules.registry import KindParams, register_kind
 
 
@@ -46,7 +46,7 @@ def duplicate_charge(inputs: RuleInputs, params: DuplicateParams) -> pl.LazyFram
         lines = inputs.lines(params.item_types, narrow=candidates)
     else:
         lines = inputs.lines(params.item_types).filter(candidates)
-    lines = (lines.filter(pl.col("setting").is_in(params.settings))
+    lines = (lines.filter(is_in("setting", params.settings))
              .sort("claim_id", "line_no", multithreaded=False)
              .with_columns((~pl.struct(key).is_first_distinct()).alias("copy")))
     return per_claim(lines.filter(pl.col("copy")), pl.col("amount"))
@@ -66,9 +66,7 @@ class FrequencyParams(KindParams):
 def frequency_limit(inputs: RuleInputs, params: FrequencyParams) -> pl.LazyFrame:
     """限定频次: an item billed more often than allowed per period, or more bed days than
     days in hospital; the units above the cap pay at the line's unit price."""
-    caps = pl.LazyFrame({"item_type": list(params.max_quantity_by_item_type),
-                         "cap": list(params.max_quantity_by_item_type.values())},
-                        schema={"item_type": pl.String, "cap": pl.Float64})
+    caps = value_frame(params.max_quantity_by_item_type, "item_type", "cap", pl.Float64)
     lines = inputs.lines(list(params.max_quantity_by_item_type)).join(caps, on="item_type")
     period_key = ["patient_id", "item_code", pl.col("service_date").dt.truncate(params.period)]
     capped = (lines.sort("service_date", "claim_id", "line_no", multithreaded=False)

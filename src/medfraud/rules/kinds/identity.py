@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 from pydantic import Field
 
-from medfraud.rules.inputs import RuleInputs, age_at, per_claim
+from medfraud.rules.inputs import RuleInputs, age_at, is_in, per_claim
 from medfraud.rules.registry import KindParams, register_kind
 
 
@@ -20,8 +20,8 @@ def service_after_death(inputs: RuleInputs, params: DeathParams) -> pl.LazyFrame
     """死亡后就医: a service dated after the patient's death; the whole claim is at stake."""
     deaths = inputs.table("patients").select("patient_id", "death_date").filter(
         pl.col("death_date").is_not_null())
-    claims = inputs.claims(["claim_id", "patient_id", "service_date", "total_amount"]).join(
-        deaths, on="patient_id", how="inner")
+    claims = inputs.window_claims(["claim_id", "patient_id", "service_date", "total_amount"]
+                                  ).join(deaths, on="patient_id", how="inner")
     late = (pl.col("service_date") - pl.col("death_date")).dt.total_days() > params.grace_days
     return per_claim(claims.filter(late), pl.col("total_amount"))
 
@@ -51,7 +51,7 @@ def card_frequency(inputs: RuleInputs, params: CardFrequencyParams) -> pl.LazyFr
                             .alias("nth"))
               .filter(pl.col("nth") > params.max_claims_per_month_at_pharmacy))
     # Pharmacy sales carry the prescribing facility, not a visit: count only visits.
-    visits = (claims.filter(pl.col("setting").is_in(["outpatient", "inpatient"]))
+    visits = (claims.filter(is_in("setting", ("outpatient", "inpatient")))
               # More facilities than allowed needs more visits than that (hash count: a
               # superset of the days to judge exactly).
               .filter(pl.len().over(pl.struct("patient_id", "service_date").hash())
@@ -79,9 +79,10 @@ class DistantRegionsParams(KindParams):
 def same_day_distant_regions(inputs: RuleInputs, params: DistantRegionsParams) -> pl.LazyFrame:
     """异地同日: one card used on the same day in different regions (a borrowed card);
     that day's claims (or only those away from home) are hits with their whole amount."""
-    claims = (inputs.claims(["claim_id", "patient_id", "setting", "service_date", "region",
-                             "cross_region", "total_amount"])
-              .filter(~pl.col("setting").is_in(params.exclude_settings))
+    # A card's claims of one day are judged together: no history needed.
+    claims = (inputs.window_claims(["claim_id", "patient_id", "setting", "service_date",
+                                    "region", "cross_region", "total_amount"])
+              .filter(~is_in("setting", params.exclude_settings))
               # Only days with two or more claims can span regions (hash count: a superset).
               .filter(pl.len().over(pl.struct("patient_id", "service_date").hash()) > 1)
               .with_columns(pl.col("region").n_unique().over("patient_id", "service_date")
@@ -102,7 +103,7 @@ class IdentityParams(KindParams):
 def implausible_identity(inputs: RuleInputs, params: IdentityParams) -> pl.LazyFrame:
     """虚构身份: a service for a card whose holder cannot exist that day: not yet born or
     older than ``max_age``.  The whole claim is at stake."""
-    claims = inputs.claims(["claim_id", "patient_id", "service_date", "total_amount"])
+    claims = inputs.window_claims(["claim_id", "patient_id", "service_date", "total_amount"])
     # Only a card born after the first claim or more than max_age × 365 days before the
     # last can be hit (an age above max_age is at least (max_age + 1) × 365 days): join
     # those few patients instead of every one.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import polars as pl
 from pydantic import Field
 
-from medfraud.rules.inputs import (RuleInputs, age_at, cum_max_in_runs, mapping_frame,
-                                    per_claim, shift_in_runs)
+from medfraud.rules.inputs import (RuleInputs, age_at, cum_max_in_runs, is_in, mapping_frame,
+                                    per_claim, shift_in_runs, value_frame)
 from medfraud.rules.registry import KindParams, register_kind
 
 _DRUG_TABLES = ("claims", "claim_lines", "drugs")
@@ -57,7 +57,7 @@ class IndicationParams(KindParams):
 def indication_restriction(inputs: RuleInputs, params: IndicationParams) -> pl.LazyFrame:
     """限适应症: a restricted drug category billed with a diagnosis outside its indications."""
     allowed = mapping_frame(params.allowed_diagnoses, "category", "prefix")
-    lines = inputs.drug_lines().filter(pl.col("category").is_in(list(params.allowed_diagnoses)))
+    lines = inputs.drug_lines().filter(is_in("category", params.allowed_diagnoses))
     # One row per (line, allowed prefix); a line is fine when any prefix matches.
     judged = lines.join(allowed, on="category", how="inner").group_by("claim_id", "line_no").agg(
         pl.col("diagnosis_code").str.starts_with(pl.col("prefix")).any().alias("indicated"),
@@ -96,7 +96,7 @@ def care_setting_restriction(inputs: RuleInputs, params: CareSettingParams) -> p
         inputs.lines(list(params.allowed_settings_by_item_type))
         .join(by_type, on="item_type", how="inner").select(columns),
         inputs.drug_lines()
-        .filter(pl.col("category").is_in(list(params.allowed_settings_by_drug_category)))
+        .filter(is_in("category", params.allowed_settings_by_drug_category))
         .join(by_category, on="category", how="inner").select(columns),
     ])
     judged = restricted.group_by("claim_id", "line_no").agg(
@@ -114,9 +114,7 @@ class CourseLimitParams(KindParams):
 @register_kind("course_limit", tables=_DRUG_TABLES, params=CourseLimitParams)
 def course_limit(inputs: RuleInputs, params: CourseLimitParams) -> pl.LazyFrame:
     """限支付疗程: ``days_supply`` above the category's payable course; the excess days pay."""
-    limits = pl.LazyFrame({"category": list(params.max_days_by_category),
-                           "max_days": list(params.max_days_by_category.values())},
-                          schema={"category": pl.String, "max_days": pl.Float64})
+    limits = value_frame(params.max_days_by_category, "category", "max_days", pl.Float64)
     lines = inputs.drug_lines().join(limits, on="category", how="inner")
     over = lines.filter(_days > pl.col("max_days"))
     return per_claim(over, pl.col("amount") * (_days - pl.col("max_days")) / _days)
@@ -158,7 +156,7 @@ def quantity_over_days_limit(inputs: RuleInputs, params: QuantityDaysParams) -> 
     lines = (inputs.drug_lines().filter(_days > shortest)
              .join(patients, on="patient_id", how="inner")
              .join(doctors, on="doctor_id", how="left"))
-    limit = (pl.when(pl.col("department").is_in(params.emergency_departments))
+    limit = (pl.when(is_in("department", params.emergency_departments))
              .then(params.emergency_days)
              .when(pl.col("chronic")).then(params.chronic_days)
              .otherwise(params.ordinary_days).cast(pl.Float64))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 from pydantic import Field
 
-from medfraud.rules.inputs import RuleInputs, per_claim
+from medfraud.rules.inputs import RuleInputs, is_in, per_claim
 from medfraud.rules.registry import KindParams, register_kind
 
 
@@ -70,8 +70,10 @@ def doctor_off_duty(inputs: RuleInputs, params: OffDutyParams) -> pl.LazyFrame:
     """脱岗: a claim signed by a doctor absent from ``duty_roster`` that day (or rostered at
     another facility), or by one doctor at two facilities the same day; the claim's whole
     amount is at stake."""
-    claims = inputs.claims(["claim_id", "doctor_id", "facility_id", "setting", "service_date",
-                            "total_amount"]).filter(pl.col("setting").is_in(params.settings))
+    # A claim is judged with its doctor's claims of the same day only: no history needed.
+    claims = inputs.window_claims(["claim_id", "doctor_id", "facility_id", "setting",
+                                   "service_date", "total_amount"]
+                                  ).filter(is_in("setting", params.settings))
     roster = inputs.table("duty_roster").select(
         "doctor_id", pl.col("date").alias("service_date"),
         pl.col("facility_id").alias("duty_facility"))

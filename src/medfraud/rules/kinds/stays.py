@@ -7,7 +7,7 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
-from medfraud.rules.inputs import (RuleInputs, cum_max_in_runs, per_claim, run_starts,
+from medfraud.rules.inputs import (RuleInputs, cum_max_in_runs, is_in, per_claim, run_starts,
                                     shift_in_runs)
 from medfraud.rules.registry import KindParams, register_kind
 
@@ -15,10 +15,22 @@ _STAY = ["claim_id", "patient_id", "service_date", "admit_date", "discharge_date
          "diagnosis_code", "total_amount"]
 
 
-def _stays(inputs: RuleInputs) -> pl.LazyFrame:
-    return inputs.claims(_STAY + ["setting"]).filter(
-        (pl.col("setting") == "inpatient") & pl.col("admit_date").is_not_null()
-        & pl.col("discharge_date").is_not_null()).drop("setting")
+_IS_STAY = ((pl.col("setting") == "inpatient") & pl.col("admit_date").is_not_null()
+            & pl.col("discharge_date").is_not_null())
+# A patient's stay count by a 64-bit hash of patient_id: a collision can only over-count,
+# so ``> 1`` keeps a superset of the patients with two or more stays.
+_REPEAT_PATIENT = pl.len().over(pl.col("patient_id").hash()) > 1
+
+
+def _stays(inputs: RuleInputs, extra: list[str] | None = None, *, repeated: bool = False
+           ) -> pl.LazyFrame:
+    """Inpatient stays (claims with both stay dates); with ``repeated`` only those of
+    patients with two or more stays -- the only ones a stay can be compared with another
+    of the same patient.  Most stays are a patient's only one (scoring calls carry the
+    DRG peer stays of other patients), so sorting them is skipped.  ``extra``: more claim
+    columns to keep."""
+    stays = inputs.claims(_STAY + (extra or []) + ["setting"]).filter(_IS_STAY).drop("setting")
+    return stays.filter(_REPEAT_PATIENT) if repeated else stays
 
 
 class ReadmissionParams(KindParams):
@@ -39,25 +51,28 @@ def readmission(inputs: RuleInputs, params: ReadmissionParams) -> pl.LazyFrame:
     key = pl.col("diagnosis_code").str.slice(0, params.diagnosis_prefix_len) if (
         params.diagnosis_prefix_len) else pl.lit("")
     starts = run_starts("patient_id", "condition")
-    stays = (_stays(inputs).with_columns(key.alias("condition"))
+    stays = (_stays(inputs, repeated=True).with_columns(key.alias("condition"))
              .sort("patient_id", "condition", "admit_date", "claim_id", multithreaded=False)
              .with_columns(shift_in_runs(pl.col("discharge_date"), starts)
                            .alias("previous_discharge"),
-                           shift_in_runs(pl.col("claim_id"), starts).alias("index_stay")))
+                           shift_in_runs(pl.col("claim_id"), starts).alias("index_stay"),
+                           shift_in_runs(pl.col("service_date"), starts).alias("index_date")))
     gap = (pl.col("admit_date") - pl.col("previous_discharge")).dt.total_days()
     readmitted = stays.filter(gap.is_between(0, params.max_gap_days))
     parts = [readmitted.select("claim_id", "service_date", pl.col("total_amount").alias("at_stake"))]
     if params.flag_index_stay:
-        parts.append(readmitted.select(pl.col("index_stay").alias("claim_id"))
-                     .join(stays.select("claim_id", "service_date"), on="claim_id")
-                     .with_columns(pl.lit(0.0).alias("at_stake")))
+        # The index stay is the previous row of its run: its id and date come along.
+        parts.append(readmitted.select(pl.col("index_stay").alias("claim_id"),
+                                       pl.col("index_date").alias("service_date"),
+                                       pl.lit(0.0).alias("at_stake")))
     return per_claim(pl.concat(parts), pl.col("at_stake"))
 
 @register_kind("overlapping_stays", tables=("claims",), params=KindParams)
 def overlapping_stays(inputs: RuleInputs, params: KindParams) -> pl.LazyFrame:
     """重叠住院: a stay admitted before an earlier stay of the same patient was discharged
     (a transfer on the discharge day is allowed); the later stay's amount is at stake."""
-    stays = (_stays(inputs).sort("patient_id", "admit_date", "claim_id", multithreaded=False)
+    stays = (_stays(inputs, repeated=True)
+             .sort("patient_id", "admit_date", "claim_id", multithreaded=False)
              .with_columns(shift_in_runs(
                  cum_max_in_runs(pl.col("discharge_date"), run_starts("patient_id")),
                  run_starts("patient_id")).cast(pl.Int32).cast(pl.Date).alias("busy_until")))
@@ -80,12 +95,12 @@ class DuringStayParams(KindParams):
 def outpatient_during_stay(inputs: RuleInputs, params: DuringStayParams) -> pl.LazyFrame:
     """挂床 / 住院期间门诊: a visit billed strictly between a stay's admission and discharge
     days (the patient was not in the bed billed).  Each hit claim's amount is at stake."""
-    stays = _stays(inputs).join(inputs.claims(["claim_id", "facility_id"]), on="claim_id").select(
+    stays = _stays(inputs, ["facility_id"]).select(
         "patient_id", pl.col("claim_id").alias("stay_id"), pl.col("facility_id").alias("stay_facility"),
                                   pl.col("service_date").alias("stay_date"), "admit_date",
                                   "discharge_date", pl.col("total_amount").alias("stay_amount"))
     visits = inputs.claims(["claim_id", "patient_id", "facility_id", "setting", "service_date",
-                            "total_amount"]).filter(pl.col("setting").is_in(params.visit_settings))
+                            "total_amount"]).filter(is_in("setting", params.visit_settings))
     pairs = visits.join(stays, on="patient_id", how="inner").filter(
         (pl.col("service_date") > pl.col("admit_date"))
         & (pl.col("service_date") < pl.col("discharge_date")))
