@@ -99,3 +99,20 @@ def test_drg_upcoding_rare_heavy_group():
     # A rare but lighter group is not upcoding.
     light = [_inpatient(i, 1.0) for i in range(19)] + [_inpatient(30, 0.8, group="G-X")]
     assert run_kind("drg_upcoding", make_tables(light), {"rare_group_share": 0.1}).height == 0
+
+
+def test_drg_upcoding_peer_stays_count_as_reference_only():
+    """The scoring model's peer stays (DRG_PEER_STAYS) join the diagnosis's statistics but
+    are never judged; without them the judged stays alone are too few."""
+    from medfraud.rules.inputs import DRG_PEER_STAYS
+
+    judged = [_inpatient(20, 2.5), _inpatient(21, 1.0)]
+    peers = [_inpatient(i, 1.0 + 0.01 * i) for i in range(11)] + [_inpatient(30, 3.0)]
+    tables = make_tables(judged)
+    assert run_kind("drg_upcoding", tables).height == 0  # 2 cases < min_cases 10
+    tables[DRG_PEER_STAYS] = make_tables(peers)["claims"]
+    hits = run_kind("drg_upcoding", tables)
+    assert hit_ids(hits) == ["C20"]  # C30 is heavier still, but a peer is not judged
+    everything = run_kind("drg_upcoding", make_tables(judged + peers))
+    assert hit_ids(everything) == ["C20", "C30"]
+    assert stake(hits, "C20") == pytest.approx(stake(everything, "C20"))

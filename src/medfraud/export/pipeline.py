@@ -42,6 +42,7 @@ import polars as pl
 from medfraud.dataset import InMemoryDataset, conform
 from medfraud.export.calibration import Bands, Calibration, ReferenceCDF
 from medfraud.export.inputs import CheckedBatch, check_rows, rows_from_frames
+from medfraud.rules.inputs import DRG_PEER_STAYS
 from medfraud.schema import LEVEL_ID, TABLES
 
 FORMAT_VERSION = 1
@@ -373,9 +374,10 @@ class ScoringPipeline:
         :data:`HISTORY_SCOPED_RULE_KINDS` and the batch has fewer claims than
         :data:`PRUNE_BELOW_SHARE` of the snapshot's) the history keeps only, up to the
         batch's last date, the claims of its patients and its doctors' claims on its dates
-        with their lines and patients, the DRG stays of its DRG diagnoses (claim rows only),
-        and the batch doctors' duty roster on its dates (found by binary search, see
-        ``_SortedIndex``).
+        with their lines and patients, and the batch doctors' duty roster on its dates; the
+        DRG stays of its DRG diagnoses come as a separate table
+        (:data:`medfraud.rules.inputs.DRG_PEER_STAYS`, claim rows only) that only the DRG
+        rule reads.  Rows are found by binary search, see ``_SortedIndex``.
         """
         if prune is None:
             # A batch of a quarter of the snapshot's size or more needs most of its history
@@ -406,12 +408,16 @@ class ScoringPipeline:
             self._by_key["claims"].rows_of(claims["patient_id"]),
             self._by_date["claims"].between(window).filter(pl.col("doctor_id").is_in(doctor_ids))]))
         # Stays of the batch's DRG diagnoses feed only the diagnosis's weight statistics
-        # (drg_upcoding reads claim columns): they come without their lines, which no rule
-        # relates to a batch claim of another patient.
+        # (drg_upcoding reads claim columns): they come apart from the claims, without
+        # their lines, which no rule relates to a batch claim of another patient.
         peer_stays = before_batch(self._by_key["drg_stays"].rows_of(diagnoses))
-        history = pl.concat([related, peer_stays]).unique(_ROW).sort(_ROW).drop(_ROW)
-        seen = pl.concat([history, claims], how="vertical_relaxed")
+        history = related.unique(_ROW).sort(_ROW)
+        seen = pl.concat([history.drop(_ROW), claims], how="vertical_relaxed")
         tables["claims"] = seen.lazy()
+        # Only drg_upcoding reads them, as its diagnoses' reference population (each stay
+        # once: those already in the history are not repeated).
+        tables[DRG_PEER_STAYS] = (peer_stays.join(history.select(_ROW), on=_ROW, how="anti")
+                                  .drop(_ROW).lazy())
         tables["claim_lines"] = pl.concat([self._by_key["claim_lines"].rows_of(related["claim_id"]),
                                            lines], how="vertical_relaxed").lazy()
         tables["patients"] = self._by_key["patients"].rows_of(

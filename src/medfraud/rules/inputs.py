@@ -22,6 +22,11 @@ _EVENT_DATE = {
     "duty_roster": pl.col("date"),
 }
 
+# Optional extra table (same columns as ``claims``): DRG stays that are only part of their
+# diagnoses' reference population, never judged (see RuleInputs.drg_reference_stays).  The
+# scoring model passes a batch's peer stays this way so that no other rule reads them.
+DRG_PEER_STAYS = "drg_peer_stays"
+
 # The drug catalogue's columns joined onto drug lines (see RuleInputs.drug_lines).
 _DRUG_COLUMNS = (pl.col("drug_code").alias("item_code"), pl.col("category"),
                  pl.col("unit_price").alias("list_price"), pl.col("max_daily_units"),
@@ -102,6 +107,18 @@ class RuleInputs:
             return self._memo("claims", lambda: self.table("claims").select(CLAIM_COLUMNS)
                               ).select(columns)
         return self.table("claims").select(columns)
+
+    def drg_reference_stays(self, columns: list[str]) -> pl.LazyFrame:
+        """``columns`` plus ``judged`` (Boolean) of the claims up to the window end and, when
+        given, of the :data:`DRG_PEER_STAYS` up to the window end (``judged`` false): the
+        population a DRG stay's diagnosis statistics come from."""
+        claims = self.claims(columns).with_columns(pl.lit(True).alias("judged"))
+        if DRG_PEER_STAYS not in self.tables:
+            return claims
+        peers = self.tables[DRG_PEER_STAYS]
+        if self.end is not None:
+            peers = peers.filter(pl.col("service_date") <= self.end)
+        return pl.concat([claims, peers.select(columns).with_columns(pl.lit(False).alias("judged"))])
 
     def window_claims(self, columns: list[str] | None = None) -> pl.LazyFrame:
         """Claims inside the window (``start <= service_date <= end``) with ``columns``.

@@ -118,10 +118,12 @@ def drg_upcoding(inputs: RuleInputs, params: UpcodingParams) -> pl.LazyFrame:
     diagnosis's typical weight, ``total × (1 − typical / weight)``.
 
     Reference weights come from every stay up to the window end, the claim included:
-    a diagnosis is judged against its peers across all facilities.
+    a diagnosis is judged against its peers across all facilities (with the scoring
+    model's peer stays, see :meth:`RuleInputs.drg_reference_stays`).
     """
-    stays = inputs.claims(["claim_id", "service_date", "diagnosis_code", "drg_group",
-                           "drg_weight", "total_amount"]).filter(pl.col("drg_weight").is_not_null())
+    stays = inputs.drg_reference_stays(["claim_id", "service_date", "diagnosis_code", "drg_group",
+                                        "drg_weight", "total_amount"]
+                                       ).filter(pl.col("drg_weight").is_not_null())
     typical = (pl.col("drg_weight").median() if params.typical == "median"
                else pl.col("drg_weight").mean())
     by_diagnosis = stays.with_columns(
@@ -129,7 +131,7 @@ def drg_upcoding(inputs: RuleInputs, params: UpcodingParams) -> pl.LazyFrame:
         pl.len().over("diagnosis_code", "drg_group").alias("group_cases"),
         pl.col("drg_weight").quantile(params.quantile, interpolation="linear")
         .over("diagnosis_code").alias("high"),
-        typical.over("diagnosis_code").alias("typical"))
+        typical.over("diagnosis_code").alias("typical")).filter(pl.col("judged"))
     heavy = (pl.col("cases") >= params.min_cases) & (
         pl.col("drg_weight") > params.ratio * pl.col("high"))
     if params.rare_group_share:
