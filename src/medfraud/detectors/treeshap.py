@@ -69,9 +69,8 @@ class TreeShap:
             if rows.size:
                 _explain_rows(X, rows[0], rows[-1] + 1, out, t["tree_nodes"], t["tree_leaves"],
                               t["feature"], t["threshold"], t["default_left"], t["missing"],
-                              t["path_start"], t["path_node"], t["path_right"], t["path_slot"],
-                              t["leaf_d"], t["slot_start"], t["slot_feature"], t["table_start"],
-                              t["table"])
+                              t["leaf_right"], t["slot_mask"], t["leaf_d"], t["slot_start"],
+                              t["slot_feature"], t["table_start"], t["table"])
 
         if len(blocks) == 1:
             run(blocks[0])
@@ -103,14 +102,21 @@ def _supported(trees: list[dict]) -> bool:
             return False
         return walk(node["left_child"], features) and walk(node["right_child"], features)
 
-    return all(walk(tree, frozenset()) for tree in trees)
+    def internal(node: dict) -> int:
+        if "split_index" not in node:
+            return 0
+        return 1 + internal(node["left_child"]) + internal(node["right_child"])
+
+    # A row's decisions in a tree are one 64-bit mask (see _explain_rows).
+    return all(walk(tree, frozenset()) and internal(tree) <= 64 for tree in trees)
 
 
 def _build_tables(trees: list[dict]) -> dict[str, np.ndarray]:
     """Flatten the trees and compute every leaf's contribution table."""
     feature, threshold, default_left, missing = [], [], [], []
     tree_nodes, tree_leaves = [0], [0]
-    path_start, path_node, path_right, path_slot = [0], [], [], []
+    leaf_right: list[int] = []  # per leaf: mask of its path's nodes it leaves to the right
+    slot_mask: list[int] = []  # per (leaf, slot): mask of the path's nodes splitting on it
     leaf_d, slot_start, slot_feature, slot_zero, leaf_value = [], [0], [], [], []
     bias = 0.0
     for tree in trees:
@@ -138,15 +144,18 @@ def _build_tables(trees: list[dict]) -> dict[str, np.ndarray]:
             bias += value * count / total if total else value
             slots: dict[int, int] = {}
             zero: list[float] = []
+            masks: list[int] = []
+            right_mask = 0
             for node, right, feat, fraction in path:
                 if feat not in slots:
                     slots[feat] = len(zero)
                     zero.append(1.0)
+                    masks.append(0)
                 zero[slots[feat]] *= fraction
-                path_node.append(node_base + node)
-                path_right.append(right)
-                path_slot.append(slots[feat])
-            path_start.append(len(path_node))
+                masks[slots[feat]] |= 1 << node
+                right_mask |= right << node
+            leaf_right.append(right_mask)
+            slot_mask.extend(masks)
             leaf_d.append(len(zero))
             slot_feature.extend(slots)  # dict order = slot order
             slot_zero.extend(zero)
@@ -168,10 +177,8 @@ def _build_tables(trees: list[dict]) -> dict[str, np.ndarray]:
             "threshold": np.asarray(threshold, dtype=np.float64),
             "default_left": np.asarray(default_left, dtype=np.bool_),
             "missing": np.asarray(missing, dtype=np.int8),
-            "path_start": np.asarray(path_start, dtype=np.int64),
-            "path_node": np.asarray(path_node, dtype=np.int64),
-            "path_right": np.asarray(path_right, dtype=np.int8),
-            "path_slot": np.asarray(path_slot, dtype=np.int64),
+            "leaf_right": np.asarray(leaf_right, dtype=np.uint64),
+            "slot_mask": np.asarray(slot_mask, dtype=np.uint64),
             "leaf_d": leaf_d_arr, "slot_start": slot_start_arr,
             "slot_feature": np.asarray(slot_feature, dtype=np.int64),
             "table_start": table_start, "table": table}
@@ -228,27 +235,38 @@ def _fill_tables(leaf_d, slot_start, slot_zero, leaf_value, table_start, table):
 
 @_jit(nogil=True)
 def _explain_rows(X, start, stop, out, tree_nodes, tree_leaves, feature, threshold, default_left,
-                  missing, path_start, path_node, path_right, path_slot, leaf_d, slot_start,
-                  slot_feature, table_start, table):
-    """Add every tree's contributions to ``out`` for rows start..stop-1."""
-    goes_right = np.zeros(feature.size, dtype=np.int8)
+                  missing, leaf_right, slot_mask, leaf_d, slot_start, slot_feature, table_start,
+                  table):
+    """Add every tree's contributions to ``out`` for rows start..stop-1.
+
+    A row's decisions in a tree are one mask (bit k: it goes right at the tree's k-th
+    split); a leaf's path condition on its feature s holds when the row agrees with the
+    leaf's directions on every split of ``slot_mask`` s.
+    """
+    zero_mask = np.uint64(0)
+    one = np.uint64(1)
     # Tree-major: one tree's tables stay in cache while every row goes through it.
     for t in range(tree_nodes.size - 1):
+        first = tree_nodes[t]
         for r in range(start, stop):
-            for k in range(tree_nodes[t], tree_nodes[t + 1]):  # LightGBM's NumericalDecision
+            goes_right = zero_mask
+            for k in range(first, tree_nodes[t + 1]):  # LightGBM's NumericalDecision
                 value = X[r, feature[k]]
                 if np.isnan(value) and missing[k] != 2:
                     value = 0.0
                 if (missing[k] == 1 and -_ZERO <= value <= _ZERO) or (missing[k] == 2 and np.isnan(value)):
-                    goes_right[k] = 0 if default_left[k] else 1
+                    right = not default_left[k]
                 else:
-                    goes_right[k] = 0 if value <= threshold[k] else 1
+                    right = not value <= threshold[k]
+                if right:
+                    goes_right |= one << np.uint64(k - first)
             for g in range(tree_leaves[t], tree_leaves[t + 1]):
                 d = leaf_d[g]
-                pattern = (1 << d) - 1
-                for p in range(path_start[g], path_start[g + 1]):
-                    if goes_right[path_node[p]] != path_right[p]:
-                        pattern &= ~(1 << path_slot[p])
+                off_path = goes_right ^ leaf_right[g]
+                pattern = 0
+                for s in range(d):
+                    if off_path & slot_mask[slot_start[g] + s] == zero_mask:
+                        pattern |= 1 << s
                 base = table_start[g] + pattern * d
                 for s in range(d):
                     out[r, slot_feature[slot_start[g] + s]] += table[base + s]
