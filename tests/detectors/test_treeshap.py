@@ -76,3 +76,13 @@ def test_rejects_a_matrix_of_the_wrong_width():
     X, y = _data(n=300)
     with pytest.raises(ValueError, match=r"X must be \(n, 12\)"):
         TreeShap(_booster(X, y)).contributions(X[:, :5])
+
+
+def test_trees_of_more_than_64_splits_fall_back():
+    X, y = _data(n=4000, d=6)
+    booster = _booster(X, y, num_leaves=90, max_depth=7, min_data_in_leaf=2)
+    assert max(t["num_leaves"] for t in booster.dump_model()["tree_info"]) > 65
+    explainer = TreeShap(booster)
+    assert not explainer.fast
+    np.testing.assert_allclose(explainer.contributions(X[:30]), booster.predict(X[:30], pred_contrib=True),
+                               atol=1e-12)
