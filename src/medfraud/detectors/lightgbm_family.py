@@ -17,7 +17,8 @@ fitting rows.  Training is deterministic (``seed``, ``deterministic=True``,
 ``force_row_wise=True``, ``num_threads``).  Reasons are the features with the largest
 positive contribution to the row's log-odds (exact path-dependent TreeSHAP: the values of
 LightGBM's ``pred_contrib=True``, from :class:`~medfraud.detectors.treeshap.TreeShap`'s
-per-leaf tables, several times faster on depth-bounded trees), computed for rows scoring at or above the (1 - ``explain``) quantile of the training
+per-leaf tables, several times faster on depth-bounded trees), computed for rows
+scoring at or above the (1 - ``explain``) quantile of the training
 scores (default the top 5 %, at most ``max_explained`` rows per call; rows below get no
 reasons), so a row's reasons do not depend on the rows scored with it.
 The fitted model travels as LightGBM text (``to_state`` / ``from_state``).
@@ -61,8 +62,9 @@ class LightGBMDetector(Detector):
     num_leaves, learning_rate, n_estimators, min_child_samples, feature_fraction,
     bagging_fraction, lambda_l2 : LightGBM parameters.
     max_depth : deepest split (-1: unbounded, LightGBM's default).  TreeSHAP reasons cost
-        about leaves × depth² per tree and row; leaf-wise trees of 31 leaves grow 13 deep
-        on claims, so a bound of 6 makes reasons several times cheaper (docs/export.md).
+        about leaves × depth² per tree and row, and the table TreeSHAP needs bounded paths;
+        leaf-wise trees of 31 leaves grow 13 deep on claims, so the claim configuration's
+        bound of 8 makes reasons ~19× cheaper (docs/detectors.md).
     early_stopping_rounds : rounds without validation improvement before stopping.
     valid_fraction : share of training rows held out (stratified) for early stopping
         and, in PU mode, for estimating c.
