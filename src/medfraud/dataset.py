@@ -234,3 +234,46 @@ class InMemoryDataset:
 
     def labels_available(self) -> bool:
         return all(self.has(t) for t in LABEL_TABLES)
+
+
+# Seed of the patient-hash partitions of features and rules (the same patients land in the
+# same partition number in both).
+PARTITION_SEED = 0x5EED
+
+
+def patient_partition(n_parts: int) -> pl.Expr:
+    """``_part`` (UInt64 in [0, n_parts)): the partition of a row's ``patient_id``."""
+    return (pl.col("patient_id").hash(PARTITION_SEED) % n_parts).alias("_part")
+
+
+def spill_partitions(frames: Mapping[str, pl.LazyFrame], n_parts: int, folder: Path
+                     ) -> list[dict[str, pl.LazyFrame]]:
+    """Write each frame, partitioned by its ``_part`` column (:func:`patient_partition`),
+    under ``folder / name`` as lz4 Parquet, one streaming pass each.
+
+    Features and rules over patient histories run partition by partition to bound memory;
+    reading every table once per partition would make the cost grow with the square of the
+    data, one pass keeps it linear.  Column statistics are not written: the partitions are
+    read whole (they cost a tenth of the write).
+
+    Returns
+    -------
+    For each partition the first frame has rows in, in partition order: name -> lazy scan
+    of that partition's rows without ``_part`` (an empty frame of the same columns where
+    a frame has none).
+    """
+    sink = {"compression": "lz4", "statistics": False, "mkdir": True, "engine": "streaming"}
+    for name, frame in frames.items():
+        frame.sink_parquet(pl.PartitionBy(folder / name, key="_part", include_key=False), **sink)
+    first = next(iter(frames))
+    out = []
+    for index in range(n_parts):
+        if not (folder / first / f"_part={index}").is_dir():
+            continue  # no patient hashed here
+        scans = {}
+        for name, frame in frames.items():
+            path = folder / name / f"_part={index}"
+            scans[name] = (pl.scan_parquet(path / "*.parquet", hive_partitioning=False)
+                           if path.is_dir() else frame.drop("_part").clear())
+        out.append(scans)
+    return out

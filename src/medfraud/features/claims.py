@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
+from medfraud.dataset import PARTITION_SEED, patient_partition, spill_partitions
 from medfraud.features._common import (
     FeatureParams,
     Tables,
@@ -66,7 +67,7 @@ HELPER_COLUMNS = ["_drug_amount", "_high_value_amount", "_month", "diagnosis_cod
 # hash: every patient-history feature stays inside one partition), so the joined claim and
 # line frames of one partition, not of the whole window, bound the peak memory.
 CLAIMS_PER_PARTITION = 250_000
-_PARTITION_SEED = 0x5EED
+_PARTITION_SEED = PARTITION_SEED  # also seeds the id hashes inside a partition
 # Up to this many claims a plan's execution costs less than its optimisation (a scoring call:
 # 16 claims, ~40 plan nodes): only projection and predicate pushdown are kept then, and the
 # line base stays inside the claim plan instead of being collected first (see
@@ -555,36 +556,23 @@ def sort_by_column(frame: pl.DataFrame, key: str) -> pl.DataFrame:
 def _spill_partitions(tables: Tables, window: Window, n_parts: int, folder: Path
                       ) -> list[tuple[pl.LazyFrame, pl.LazyFrame]]:
     """Split the claim base and the claim lines of ``window`` into ``n_parts`` patient
-    partitions written under ``folder`` (one streaming pass each, lz4 Parquet).
-
-    Reading the whole claim and line tables once per partition would make the cost grow
-    with the square of the claims; one pass keeps it linear.
+    partitions (:func:`medfraud.dataset.spill_partitions`).
 
     Returns
     -------
     One (claims base, raw claim lines) pair of lazy scans per non-empty partition.
     """
-    part = (pl.col("patient_id").hash(_PARTITION_SEED) % n_parts).alias("_part")
-    sink = {"compression": "lz4", "mkdir": True, "engine": "streaming"}
-    _claims_base(tables, window).with_row_index("_row").with_columns(part).sink_parquet(
-        pl.PartitionBy(folder / "claims", key="_part", include_key=False), **sink)
+    part = patient_partition(n_parts)
     window_claims = tables.claims.filter(in_window("service_date", window))
     key = _claim_key(window_claims.select("claim_id"))
     owners = window_claims.select(key.alias("_ckey"), part)
-    tables.claim_lines.with_columns(key.alias("_ckey")).join(owners, on="_ckey", how="inner") \
-        .drop("_ckey").sink_parquet(
-        pl.PartitionBy(folder / "lines", key="_part", include_key=False), **sink)
-    sources = []
-    for index in range(n_parts):
-        claims_dir = folder / "claims" / f"_part={index}"
-        if not claims_dir.is_dir():
-            continue  # no patient hashed here
-        lines_dir = folder / "lines" / f"_part={index}"
-        lines = (pl.scan_parquet(lines_dir / "*.parquet", hive_partitioning=False)
-                 if lines_dir.is_dir() else tables.claim_lines.clear())
-        sources.append((pl.scan_parquet(claims_dir / "*.parquet", hive_partitioning=False),
-                        lines))
-    return sources
+    frames = {
+        "claims": _claims_base(tables, window).with_row_index("_row").with_columns(part),
+        "lines": tables.claim_lines.with_columns(key.alias("_ckey"))
+        .join(owners, on="_ckey", how="inner").drop("_ckey"),
+    }
+    return [(scans["claims"], scans["lines"])
+            for scans in spill_partitions(frames, n_parts, folder)]
 
 
 def _injective_key(frame: pl.DataFrame, column: str, key: str) -> pl.DataFrame:

@@ -23,7 +23,7 @@ from typing import Literal
 
 import polars as pl
 
-from medfraud.dataset import Dataset
+from medfraud.dataset import Dataset, patient_partition, spill_partitions
 from medfraud.rules.catalogue import Rule, RuleCatalogue, load_catalogue
 from medfraud.rules.inputs import SMALL_INPUT_OPTIMIZATIONS, RuleInputs, combine_drug_sales
 from medfraud.rules.registry import KINDS
@@ -81,7 +81,6 @@ SMALL_INPUT_CLAIMS = 20_000
 # Up to this many hits in all, the rules' hits are concatenated and sorted at once (a
 # scoring call's handful) rather than rule by rule (see evaluate_tables).
 SORT_TOGETHER_BELOW = 50_000
-_PARTITION_SEED = 0x5EED
 
 
 def _claim_hits(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
@@ -145,31 +144,16 @@ def _rule_query(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
 def _spill_partitions(tables: Mapping[str, pl.LazyFrame], n_parts: int, folder: Path
                       ) -> list[dict[str, pl.LazyFrame]]:
     """Split claims, claim_lines and patients into ``n_parts`` patient-hash partitions
-    written under ``folder`` (one streaming pass each, lz4 Parquet); other tables are
-    shared.  Returns one table mapping per non-empty partition."""
-    part = (pl.col("patient_id").hash(_PARTITION_SEED) % n_parts).alias("_part")
-    # No column statistics: the partitions are read whole, never filtered by row group
-    # (statistics cost a tenth of the write).
-    sink = {"compression": "lz4", "statistics": False, "mkdir": True, "engine": "streaming"}
+    (:func:`medfraud.dataset.spill_partitions`); other tables are shared.  Returns one table
+    mapping per non-empty partition."""
+    part = patient_partition(n_parts)
     split = {"claims": tables["claims"].with_columns(part)}
     if "claim_lines" in tables:
         owners = tables["claims"].select("claim_id", part)
         split["claim_lines"] = tables["claim_lines"].join(owners, on="claim_id", how="inner")
     if "patients" in tables:
         split["patients"] = tables["patients"].with_columns(part)
-    for name, frame in split.items():
-        frame.sink_parquet(pl.PartitionBy(folder / name, key="_part", include_key=False), **sink)
-    out = []
-    for index in range(n_parts):
-        if not (folder / "claims" / f"_part={index}").is_dir():
-            continue  # no patient hashed here
-        part_tables = dict(tables)
-        for name in split:
-            path = folder / name / f"_part={index}"
-            part_tables[name] = (pl.scan_parquet(path / "*.parquet", hive_partitioning=False)
-                                 if path.is_dir() else tables[name].clear())
-        out.append(part_tables)
-    return out
+    return [{**tables, **scans} for scans in spill_partitions(split, n_parts, folder)]
 
 
 def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date | None,
