@@ -292,19 +292,6 @@ class ScoringPipeline:
         ids = claims.select("claim_id")
         window = (claims["service_date"].min(), claims["service_date"].max())
         reference, params, catalogue = self.claim_reference, self.feature_params, self.catalogue
-
-        def claim_features():
-            dataset = InMemoryDataset(self.feature_tables(claims, lines),
-                                      manifest={"content_digest": self.data_digest})
-            return build_features(dataset, window, levels=("claim",), params=params,
-                                  claim_reference=reference)
-
-        def claim_hits():
-            from medfraud.rules import evaluate_tables
-
-            hits = evaluate_tables(self.rule_tables(claims, lines), catalogue, window, missing="skip")
-            return hits.join(ids.rename({"claim_id": "id"}), on="id", how="semi")
-
         # The claim rules and the detectors reading their hits run on a second thread while
         # the claim features and the other detectors run on this one: both read the same
         # frozen snapshot, and polars, LightGBM and the TreeSHAP kernel release the GIL, so
@@ -313,12 +300,18 @@ class ScoringPipeline:
                    if p.level == "claim" and p.family == "rules" and p.detector is not None]
 
         def rule_parts() -> dict[int, pl.DataFrame]:
-            hits = claim_hits()
+            from medfraud.rules import evaluate_tables
+
+            hits = evaluate_tables(self.rule_tables(claims, lines), catalogue, window, missing="skip")
+            hits = hits.join(ids.rename({"claim_id": "id"}), on="id", how="semi")
             scored = FeatureSet({"claim": ids}, {"claim": []}, window=window, rule_hits=hits)
             return {i: self._normalised(self.detectors[i], i, scored, ids) for i in on_hits}
 
         def feature_parts() -> dict[int, pl.DataFrame]:
-            features = claim_features()
+            dataset = InMemoryDataset(self.feature_tables(claims, lines),
+                                      manifest={"content_digest": self.data_digest})
+            features = build_features(dataset, window, levels=("claim",), params=params,
+                                      claim_reference=reference)
             claim_frame = features.frame("claim").join(ids, on="claim_id", how="semi")
             scored = FeatureSet({"claim": claim_frame}, {"claim": features.columns["claim"]},
                                 window=window)
