@@ -256,3 +256,44 @@ def test_multi_worker_server_scores_like_one_process(exported, claims_json, clie
             assert max(abs(g["risk"] - e["risk"]) for g, e in zip(got, expected)) <= 1e-9
         assert httpx.post(f"{base}/score", content=b"{", timeout=10.0,
                           headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_batcher_gathers_the_requests_it_expects_and_a_lone_one_does_not_wait():
+    """After a batch of n requests the next batch waits (up to gather_seconds) for n, so
+    closed-loop clients stay one group; a lone client, expecting only itself, never waits."""
+    from datetime import date
+
+    from medfraud.serve.app import MicroBatcher, _Job
+
+    async def scenario() -> tuple[list[int], float]:
+        batcher = MicroBatcher(pipeline=None, gather_seconds=0.2)
+        batcher._queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def job(k: int) -> _Job:
+            return _Job([], frozenset({f"P{k}"}), frozenset({(f"D{k}", date(2024, 5, 1))}),
+                        frozenset({f"C{k}"}), frozenset(), loop.create_future())
+
+        async def arrive(k: int, delay: float) -> None:
+            await asyncio.sleep(delay)
+            await batcher._queue.put(job(k))
+
+        sizes = []
+        batcher._expected = 3
+        arrivals = [asyncio.create_task(arrive(k, 0.01 * k)) for k in range(3)]
+        batcher._held.append(await batcher._queue.get())
+        await batcher._gather()
+        sizes.append(len(batcher._take()))
+        await asyncio.gather(*arrivals)
+        batcher._expected = 1
+        await batcher._queue.put(job(9))
+        batcher._held.append(await batcher._queue.get())
+        start = loop.time()
+        await batcher._gather()
+        waited = loop.time() - start
+        sizes.append(len(batcher._take()))
+        return sizes, waited
+
+    sizes, waited = asyncio.run(scenario())
+    assert sizes == [3, 1]
+    assert waited < 0.1  # far below gather_seconds
