@@ -188,6 +188,29 @@ def test_sorted_index_finds_the_rows_a_filter_finds():
     assert by_day.between((date(2025, 1, 1), date(2025, 2, 1))).height == 0
 
 
+def test_sorted_index_few_and_many_values_find_the_same_rows(monkeypatch):
+    """rows_of searches few string values with numpy and many with polars: both give the
+    filter's rows in the same order, for non-ASCII keys (byte order = code point order)
+    and for keys holding nulls (which only polars can search)."""
+    from medfraud.export import pipeline as module
+
+    rng = np.random.default_rng(5)
+    alphabet = ["a", "b", "z", "é", "医", "保", "😀", "A", "0", " "]
+    keys = ["".join(rng.choice(alphabet, int(n))) for n in rng.integers(1, 4, 500)]
+    for with_nulls in (False, True):
+        column = [None if with_nulls and i % 50 == 0 else k for i, k in enumerate(keys)]
+        frame = pl.DataFrame({"key": column, "row": np.arange(500)})
+        index = module._SortedIndex(frame, "key")
+        values = pl.Series([*rng.choice(keys, 40).tolist(), "nope", None], dtype=pl.String)
+        expected = frame.filter(pl.col("key").is_in(values.implode()))["row"].sort().to_list()
+        few = index.rows_of(values)
+        monkeypatch.setattr(module, "FEW_KEYS", 0)
+        many = index.rows_of(values)
+        monkeypatch.undo()
+        assert few.equals(many)
+        assert sorted(few["row"].to_list()) == expected
+
+
 def test_warm_builds_the_lazy_scoring_state(exported, holdout):
     from medfraud.export.model_io import load_pipeline
 

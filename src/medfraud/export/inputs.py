@@ -16,9 +16,11 @@ file is not counted).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from medfraud.schema import RANGE_CHECKS, TABLES
@@ -143,7 +145,46 @@ def _cast(source: pl.DataType, target: pl.DataType) -> bool:
     return source != target
 
 
-def _known(values: pl.Series, ids: pl.Series) -> pl.Series:
+class SnapshotIds:
+    """The distinct ids of a snapshot table, sorted, for membership tests by binary search.
+
+    A REST call's few values are searched with numpy over the ids as Python strings (built
+    on the first such call): polars' fixed cost per step is most of a look-up of a few
+    values.  Many values are searched, or hashed, by polars.
+    """
+
+    FEW = 256  # up to this many values are searched with numpy
+
+    def __init__(self, ids: pl.Series):
+        self.ids = ids.drop_nulls().unique().sort()
+        self._objects: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.ids.len()
+
+    def contains(self, values: pl.Series) -> pl.Series:
+        """Boolean Series named like ``values``: whether each is one of the ids (null for null)."""
+        if values.len() <= self.FEW and values.dtype == self.ids.dtype == pl.String:
+            if self._objects is None:
+                self._objects = self.ids.to_numpy()
+            given = values.to_list()
+            present = [v for v in given if v is not None]
+            found = dict(zip(present, _sorted_member(self._objects, present)))
+            return pl.Series(values.name, [None if v is None else found[v] for v in given],
+                             dtype=pl.Boolean)
+        return _known(values, self.ids)
+
+
+def _sorted_member(sorted_objects: np.ndarray, values: list) -> list[bool]:
+    """Whether each of ``values`` is in ``sorted_objects`` (ascending, no nulls)."""
+    if not values or sorted_objects.size == 0:
+        return [False] * len(values)
+    wanted = np.array(values, dtype=object)
+    position = np.minimum(np.searchsorted(sorted_objects, wanted), sorted_objects.size - 1)
+    return (sorted_objects[position] == wanted).tolist()
+
+
+def _known(values: pl.Series, ids: pl.Series | SnapshotIds) -> pl.Series:
     """Whether each value is one of ``ids`` (null for a null value).
 
     A few values against ids sorted ascending (the scoring pipeline keeps them so) are
@@ -151,6 +192,8 @@ def _known(values: pl.Series, ids: pl.Series) -> pl.Series:
     of every id of the snapshot.  Many values are hashed (the faster way from about a
     quarter as many values as ids).
     """
+    if isinstance(ids, SnapshotIds):
+        return ids.contains(values)
     values = values.cast(ids.dtype)
     if ids.flags["SORTED_ASC"] and ids.null_count() == 0 and 4 * values.len() <= ids.len():
         if ids.len() == 0:
@@ -201,6 +244,44 @@ def _checks(schema: Mapping[str, pl.DataType], known: list[str]
     return checks
 
 
+# Claim columns repeated on every line of a claim (they must agree).
+_REPEATED = [c for c in CLAIM_COLUMNS if c != "claim_id"]
+
+
+@dataclass(frozen=True)
+class _CheckPlan:
+    """The expressions of a check for one input schema: building them is a measurable part
+    of checking a REST call's few rows, so they are built once per schema."""
+
+    typing: tuple[pl.Expr, ...]  # contract-typed columns, raw copies, _claim_ref
+    checks: tuple[tuple[str, pl.Expr, pl.Expr], ...]  # see _checks
+    conditions: tuple[pl.Expr, ...]  # _p<i>: Boolean, the row fails check i
+    reasons: tuple[pl.Expr, ...]  # _p<i>: the reason text where _p<i> holds
+
+
+def _add_check(checks: list, conditions: list, reasons: list, column: str, condition: pl.Expr,
+               reason: pl.Expr) -> None:
+    name = f"_p{len(checks)}"
+    checks.append((column, condition, reason))
+    conditions.append(condition.fill_null(False).alias(name))
+    reasons.append(pl.when(pl.col(name)).then(reason.cast(pl.String)).alias(name))
+
+
+@functools.lru_cache(maxsize=32)
+def _check_plan(schema_items: tuple[tuple[str, pl.DataType], ...], known: tuple[str, ...]
+                ) -> _CheckPlan:
+    schema = dict(schema_items)
+    typing = (*[_coerce(c, t, schema[c]).alias(c) for c, t in INPUT_COLUMNS.items()],
+              *[pl.col(c).alias(_raw(c)) for c, t in INPUT_COLUMNS.items() if _cast(schema[c], t)],
+              pl.col("claim_id").cast(pl.String).alias("_claim_ref"))
+    checks: list = []
+    conditions: list = []
+    reasons: list = []
+    for column, condition, reason in _checks(schema, list(known)):
+        _add_check(checks, conditions, reasons, column, condition, reason)
+    return _CheckPlan(typing, tuple(checks), tuple(conditions), tuple(reasons))
+
+
 def check_rows(rows: pl.DataFrame, snapshot: Mapping[str, pl.DataFrame | pl.Series] | None = None,
                *, first_row: int = 1) -> CheckedBatch:
     """Validate and type a frame of claim-line rows.
@@ -209,8 +290,8 @@ def check_rows(rows: pl.DataFrame, snapshot: Mapping[str, pl.DataFrame | pl.Seri
     ----------
     rows : (n rows) one row per claim line in the input format (see module docstring);
         any dtypes that can be read as the contract's.
-    snapshot : table -> frame of the model's reference tables (or a Series of its ids);
-        when given, ids must exist in them (:data:`ID_REFERENCES`).
+    snapshot : table -> frame of the model's reference tables (or a Series of its ids, or
+        :class:`SnapshotIds`); when given, ids must exist in them (:data:`ID_REFERENCES`).
     first_row : number of the first row of ``rows`` in the whole input (for chunked files).
 
     Returns
@@ -231,42 +312,37 @@ def check_rows(rows: pl.DataFrame, snapshot: Mapping[str, pl.DataFrame | pl.Seri
     n = rows.height
     ids = None
     if snapshot is not None:
-        ids = {table: (frame if isinstance(frame, pl.Series) else frame[key])
+        ids = {table: (frame if isinstance(frame, pl.Series | SnapshotIds) else frame[key])
                for _c, (table, key) in ID_REFERENCES.items() if table in snapshot
                for frame in [snapshot[table]]}
     schema = rows.select(list(INPUT_COLUMNS)).schema
-    typed = rows.select(
-        pl.int_range(first_row, first_row + n, dtype=pl.Int64).alias(_ROW),
-        *[_coerce(c, t, schema[c]).alias(c) for c, t in INPUT_COLUMNS.items()],
-        *[pl.col(c).alias(_raw(c)) for c, t in INPUT_COLUMNS.items() if _cast(schema[c], t)],
-        pl.col("claim_id").cast(pl.String).alias("_claim_ref"),
-    )
     known = [column for column, (table, _key) in ID_REFERENCES.items() if ids and table in ids]
+    plan = _check_plan(tuple(schema.items()), tuple(known))
+    typed = rows.select(pl.int_range(first_row, first_row + n, dtype=pl.Int64).alias(_ROW),
+                        *plan.typing)
     if known:
         typed = typed.with_columns(_known(typed[column], ids[ID_REFERENCES[column][0]])
                                    .alias(_known_column(column)) for column in known)
-    checks = _checks(schema, known)
+    checks, conditions, reasons = list(plan.checks), list(plan.conditions), list(plan.reasons)
     # Claim columns repeated on each line must agree: one hash per row finds the claims
     # that disagree; naming the column is then done on those few claims only.
-    repeated = [c for c in CLAIM_COLUMNS if c != "claim_id"]
-    disagree = typed.select(pl.struct(repeated).hash().n_unique().over("claim_id") > 1).to_series()
+    disagree = typed.select(pl.struct(_REPEATED).hash().n_unique().over("claim_id") > 1).to_series()
     if disagree.any():
         suspects = typed.filter(disagree)
-        for column in repeated:
-            checks.append((column, pl.col("claim_id").is_in(suspects["claim_id"].implode())
-                           & (pl.col(column).n_unique().over("claim_id") > 1),
-                           pl.lit("differs between rows of the same claim")))
+        for column in _REPEATED:
+            _add_check(checks, conditions, reasons, column,
+                       pl.col("claim_id").is_in(suspects["claim_id"].implode())
+                       & (pl.col(column).n_unique().over("claim_id") > 1),
+                       pl.lit("differs between rows of the same claim"))
     # Conditions first, as booleans over every row (cheap); reason texts only for the rows
     # with a problem: on clean input the check is one pass of comparisons.
-    conditions = typed.select(*[condition.fill_null(False).alias(f"_p{i}")
-                                for i, (_c, condition, _r) in enumerate(checks)])
-    bad_row = conditions.select(pl.any_horizontal(pl.all())).to_series()
-    flagged = typed.with_columns(conditions).filter(bad_row).select(
-        _ROW, "_claim_ref", *[pl.when(pl.col(f"_p{i}")).then(reason.cast(pl.String)).alias(f"_p{i}")
-                              for i, (_c, _condition, reason) in enumerate(checks)])
+    failed = typed.select(conditions)
+    bad_row = failed.select(pl.any_horizontal(pl.all())).to_series()
+    if not bad_row.any():
+        return _valid(typed.select(_ROW, "_claim_ref", *INPUT_COLUMNS),
+                      pl.DataFrame(schema=PROBLEM_SCHEMA), n)
+    flagged = typed.with_columns(failed).filter(bad_row).select(_ROW, "_claim_ref", *reasons)
     typed = typed.select(_ROW, "_claim_ref", *INPUT_COLUMNS)
-    if flagged.height == 0:
-        return _valid(typed, pl.DataFrame(schema=PROBLEM_SCHEMA), n)
     columns_of = pl.DataFrame({"_check": [f"_p{i}" for i in range(len(checks))],
                                "column": [c for c, _cond, _r in checks]})
     problems = (flagged.unpivot(index=[_ROW, "_claim_ref"], variable_name="_check", value_name="reason")
