@@ -140,3 +140,14 @@ def test_max_depth_bounds_every_tree(planted):
     assert max(_depth(t["tree_structure"]) for t in free.booster_.dump_model()["tree_info"]) > 3
     assert auroc(bounded.score(planted.features), planted.planted["claim"]) > 0.9
     assert detector_from_state(json.loads(json.dumps(bounded.to_state()))).params["max_depth"] == 3
+
+
+def test_scores_are_lightgbm_probabilities_for_batches_and_single_rows(planted):
+    det = _fit(planted, "claim", num_threads=2)
+    det.prepare_scoring()  # builds the predictor used below
+    assert det._predictor.fast
+    X = planted.features.matrix("claim", det.columns_)
+    scores = det.score(planted.features)
+    np.testing.assert_allclose(scores["score"].to_numpy(), det.booster_.predict(X), rtol=0, atol=1e-12)
+    one = FeatureSet({"claim": planted.features.frame("claim").head(1)}, {"claim": planted.features.columns["claim"]})
+    np.testing.assert_allclose(det.score(one)["score"].to_numpy(), det.booster_.predict(X[:1]), rtol=0, atol=1e-12)

@@ -21,12 +21,15 @@ per-leaf tables, several times faster on depth-bounded trees), computed for rows
 scoring at or above the (1 - ``explain``) quantile of the training
 scores (default the top 5 %, at most ``max_explained`` rows per call; rows below get no
 reasons), so a row's reasons do not depend on the rows scored with it.
+Probabilities are ``booster.predict``'s, bit for bit, from
+:class:`~medfraud.detectors.treeshap.TreePredictor` (vectorised over blocks of rows, about
+3× cheaper than LightGBM's row-by-row walk).
 The fitted model travels as LightGBM text (``to_state`` / ``from_state``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import lightgbm as lgb
 import numpy as np
@@ -40,7 +43,7 @@ from medfraud.detectors.preprocess import (
     rows_to_explain,
     top_feature_reasons,
 )
-from medfraud.detectors.treeshap import TreeShap
+from medfraud.detectors.treeshap import TreePredictor, TreeShap
 from medfraud.features.frameset import FeatureSet
 from medfraud.labels import Labels
 
@@ -176,9 +179,9 @@ class LightGBMDetector(Detector):
             raise KeyError(f"{self.name}: feature columns missing at level {self.level!r}: {missing[:5]}"
                            f" ({len(missing)} missing)")
         X = features.matrix(self.level, self.columns_)
-        # Below a few thousand rows, starting LightGBM's threads costs more than the trees.
+        # Below a few thousand rows, starting threads costs more than the trees.
         threads = self.params["num_threads"] if X.shape[0] >= PARALLEL_PREDICT_ROWS else 1
-        probability = self.booster_.predict(X, num_threads=threads)
+        probability = self._compiled("_predictor", TreePredictor).predict(X, num_threads=threads)
         return score_frame(features.ids(self.level), probability / self.label_frequency_,
                            self._reasons(X, probability))
 
@@ -194,17 +197,24 @@ class LightGBMDetector(Detector):
         return reasons_for_rows(len(probability), rows, explain)
 
     def prepare_scoring(self) -> None:
-        """Build the TreeSHAP tables (and load the compiled kernels)."""
+        """Build the predictor and the TreeSHAP tables and load their compiled kernels, so
+        that the first call scores at full speed."""
         self._check_fitted("booster_")
-        self._tree_shap()
+        self._compiled("_predictor", TreePredictor).warm()
+        self._tree_shap().warm()
 
     def _tree_shap(self) -> TreeShap:
-        """The booster's TreeSHAP explainer, built on first use (its tables take a fraction
-        of a second) and kept while the booster is the same."""
-        explainer = getattr(self, "_explainer", None)
-        if explainer is None or explainer.booster is not self.booster_:
-            explainer = self._explainer = TreeShap(self.booster_, self.params["num_threads"])
-        return explainer
+        """The booster's TreeSHAP explainer (see :meth:`_compiled`)."""
+        return self._compiled("_explainer", lambda booster: TreeShap(booster, self.params["num_threads"]))
+
+    def _compiled(self, attribute: str, build: Callable[[lgb.Booster], Any]) -> Any:
+        """``build(booster_)``, made on first use (flattening the trees takes a fraction of a
+        second) and kept in ``attribute`` while the booster is the same."""
+        compiled = getattr(self, attribute, None)
+        if compiled is None or compiled.booster is not self.booster_:
+            compiled = build(self.booster_)
+            setattr(self, attribute, compiled)
+        return compiled
 
     def feature_importance(self) -> pl.DataFrame:
         """Total split gain per feature: columns feature (String), gain (Float64), descending."""
