@@ -260,13 +260,14 @@ def test_multi_worker_server_scores_like_one_process(exported, claims_json, clie
 
 def test_batcher_gathers_the_requests_it_expects_and_a_lone_one_does_not_wait():
     """After a batch of n requests the next batch waits (up to gather_seconds) for n, so
-    closed-loop clients stay one group; a lone client, expecting only itself, never waits."""
+    closed-loop clients stay one group; the wait ends early after a pause in arrivals, and
+    a lone client, expecting only itself, never waits."""
     from datetime import date
 
-    from medfraud.serve.app import MicroBatcher, _Job
+    from medfraud.serve.app import GATHER_GAP_SECONDS, MicroBatcher, _Job
 
-    async def scenario() -> tuple[list[int], float]:
-        batcher = MicroBatcher(pipeline=None, gather_seconds=0.2)
+    async def scenario() -> list[tuple[int, float]]:
+        batcher = MicroBatcher(pipeline=None, gather_seconds=0.5)
         batcher._queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -278,22 +279,26 @@ def test_batcher_gathers_the_requests_it_expects_and_a_lone_one_does_not_wait():
             await asyncio.sleep(delay)
             await batcher._queue.put(job(k))
 
-        sizes = []
-        batcher._expected = 3
-        arrivals = [asyncio.create_task(arrive(k, 0.01 * k)) for k in range(3)]
-        batcher._held.append(await batcher._queue.get())
-        await batcher._gather()
-        sizes.append(len(batcher._take()))
-        await asyncio.gather(*arrivals)
-        batcher._expected = 1
-        await batcher._queue.put(job(9))
-        batcher._held.append(await batcher._queue.get())
-        start = loop.time()
-        await batcher._gather()
-        waited = loop.time() - start
-        sizes.append(len(batcher._take()))
-        return sizes, waited
+        async def batch(expected: int, delays: list[float]) -> tuple[int, float]:
+            batcher._expected = expected
+            arrivals = [asyncio.create_task(arrive(k, d)) for k, d in enumerate(delays)]
+            batcher._held.append(await batcher._queue.get())
+            start = loop.time()
+            await batcher._gather()
+            waited = loop.time() - start
+            size = len(batcher._take())
+            await asyncio.gather(*arrivals)
+            while not batcher._queue.empty():  # late arrivals: not part of this scenario
+                batcher._queue.get_nowait()
+            batcher._held = []
+            return size, waited
 
-    sizes, waited = asyncio.run(scenario())
-    assert sizes == [3, 1]
-    assert waited < 0.1  # far below gather_seconds
+        gap = GATHER_GAP_SECONDS
+        return [await batch(3, [0.0, gap / 4, gap / 2]),  # closed loop: all three together
+                await batch(3, [0.0, 20 * gap]),  # a pause: stop waiting after the gap
+                await batch(1, [0.0])]  # a lone client
+
+    (together, _), (alone, waited_pause), (lone, waited_lone) = asyncio.run(scenario())
+    assert together == 3
+    assert alone == 1 and waited_pause < 10 * GATHER_GAP_SECONDS
+    assert lone == 1 and waited_lone < GATHER_GAP_SECONDS

@@ -46,7 +46,10 @@ log = logging.getLogger("medfraud.serve")
 
 MAX_BODY_BYTES = 1_000_000
 MAX_CLAIMS = 100
-GATHER_POLL_SECONDS = 0.0005  # see MicroBatcher._gather
+# MicroBatcher._gather: how often it looks at the queue, and the pause in arrivals after
+# which it stops waiting for the requests it expects.
+GATHER_POLL_SECONDS = 0.0005
+GATHER_GAP_SECONDS = 0.003
 # What the worker processes of a multi-process server read (see app_from_environment).
 ENV_MODEL = "MEDFRAUD_SERVE_MODEL"
 ENV_MAX_BODY_BYTES = "MEDFRAUD_SERVE_MAX_BODY_BYTES"
@@ -235,13 +238,14 @@ class MicroBatcher:
     pipeline : the :class:`~medfraud.export.pipeline.ScoringPipeline`.
     max_claims : most claims per batch.
     gather_seconds : longest wait, after a batch's first request, for the others expected
-        (as many requests as the previous batch held).  A pipeline call costs nearly the
+        (as many requests as the previous batch held; the wait also ends after a pause of
+        :data:`GATHER_GAP_SECONDS` in arrivals).  A pipeline call costs nearly the
         same for 1 or 16 claims: clients that send their next request as soon as the last
         is answered otherwise split into two groups, each waiting for the other's batch
         and then its own.  A lone client never waits (it expects only itself).
     """
 
-    def __init__(self, pipeline, max_claims: int = 512, gather_seconds: float = 0.005):
+    def __init__(self, pipeline, max_claims: int = 512, gather_seconds: float = 0.01):
         self.pipeline = pipeline
         self.max_claims = max_claims
         self.gather_seconds = gather_seconds
@@ -314,14 +318,18 @@ class MicroBatcher:
         return batch
 
     async def _gather(self) -> None:
-        """Move queued jobs to the held list until ``_expected`` are held or
-        ``gather_seconds`` have passed."""
+        """Move queued jobs to the held list until ``_expected`` are held, no job has come
+        for ``GATHER_GAP_SECONDS`` or ``gather_seconds`` have passed."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.gather_seconds
+        now = loop.time()
+        deadline, last_arrival = now + self.gather_seconds, now
         while True:
             while not self._queue.empty():
                 self._held.append(self._queue.get_nowait())
-            if len(self._held) >= self._expected or loop.time() >= deadline:
+                last_arrival = loop.time()
+            now = loop.time()
+            if (len(self._held) >= self._expected or now >= deadline
+                    or now - last_arrival >= GATHER_GAP_SECONDS):
                 return
             # Polling, not wait_for(queue.get()): a get cancelled by its timeout just as an
             # item arrives could lose that request.
