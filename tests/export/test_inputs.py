@@ -145,3 +145,102 @@ def test_known_ids_by_binary_search_or_hash_agree(ordered):
     assert _known(values, ids).to_list() == expected
     assert _known(values.head(0), ids).to_list() == []
     assert _known(pl.concat([values] * 10), ids).to_list() == expected * 10  # hashed
+
+
+# check_rows looks at inputs of _SCAN_FROM rows or more to skip work (stripping text that
+# has no surrounding whitespace, grouping rows when a claim's rows are adjacent); these
+# inputs must give exactly what the plain steps give.
+
+def _spoiled_variants(rows: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    i = pl.int_range(pl.len())
+    spoiled = rows.with_columns(
+        pl.when(i % 97 == 3).then(pl.lit("P404")).otherwise(pl.col("patient_id")).alias("patient_id"),
+        pl.when(i % 89 == 5).then(None).otherwise(pl.col("amount")).alias("amount"),
+        # a claim column differing between two lines of one claim
+        pl.when(i % 101 == 7).then(pl.col("total_amount") + 1).otherwise(pl.col("total_amount"))
+        .alias("total_amount"),
+        # a repeated line_no (lines of that claim out of order)
+        pl.when(i % 103 == 9).then(pl.lit(1, pl.Int32)).otherwise(pl.col("line_no")).alias("line_no"))
+    text = spoiled.with_columns(pl.all().cast(pl.String))
+    padded = text.with_columns(
+        pl.when(i % 31 == 0).then(pl.lit(" ") + pl.col("doctor_id")).otherwise(pl.col("doctor_id"))
+        .alias("doctor_id"),
+        pl.when(i % 37 == 0).then(pl.col("amount") + pl.lit("\u00a0")).otherwise(pl.col("amount"))
+        .alias("amount"),
+        pl.when(i % 41 == 0).then(pl.lit("")).otherwise(pl.col("pharmacy_id")).alias("pharmacy_id"),
+        pl.when(i % 43 == 0).then(pl.lit(" \t")).otherwise(pl.col("diagnosis_code")).alias("diagnosis_code"),
+        pl.when(i % 47 == 0).then(pl.lit("")).otherwise(pl.col("service_date")).alias("service_date"),
+        pl.when(i % 53 == 0).then(pl.lit("\n1")).otherwise(pl.col("line_no")).alias("line_no"))
+    by_claim = [group for _id, group in spoiled.group_by("claim_id", maintain_order=True)]
+    return {
+        "clean": rows,
+        "spoiled": spoiled,
+        "text": text,
+        "padded text": padded,
+        "padded typed": rows.with_columns(
+            pl.when(i % 31 == 0).then(pl.col("doctor_id") + pl.lit(" ")).otherwise(pl.col("doctor_id"))
+            .alias("doctor_id"),
+            pl.when(i % 41 == 0).then(pl.lit("")).otherwise(pl.col("region")).alias("region")),
+        "rows of a claim apart": spoiled.sample(fraction=1.0, shuffle=True, seed=1),
+        "claims in descending order": pl.concat(by_claim[::-1]),
+        "a null claim id": spoiled.with_columns(
+            pl.when(i == 11).then(None).otherwise(pl.col("claim_id")).alias("claim_id")),
+        "lines out of order": rows.with_columns(pl.col("line_no").reverse().over("claim_id")),
+    }
+
+
+@pytest.fixture(scope="module")
+def many_rows(tiny_dataset):
+    claims, lines = tiny_dataset.read("claims"), tiny_dataset.read("claim_lines")
+    snapshot = {t: tiny_dataset.read(t) for t in ("patients", "doctors", "facilities", "pharmacies", "drugs")}
+    return rows_from_frames(claims, lines).head(6000), snapshot
+
+
+@pytest.mark.parametrize("variant", ["clean", "spoiled", "text", "padded text", "padded typed",
+                                     "rows of a claim apart", "claims in descending order",
+                                     "a null claim id", "lines out of order"])
+def test_looking_at_the_input_first_changes_no_result(many_rows, variant, monkeypatch):
+    from polars.testing import assert_frame_equal
+
+    import medfraud.export.inputs as inputs
+
+    rows, snapshot = many_rows
+    frame = _spoiled_variants(rows)[variant]
+    monkeypatch.setattr(inputs, "_SCAN_FROM", frame.height + 1)
+    plain = check_rows(frame, snapshot, first_row=11)
+    monkeypatch.setattr(inputs, "_SCAN_FROM", 1)
+    scanned = check_rows(frame, snapshot, first_row=11)
+    for part in ("claims", "lines", "problems"):
+        assert_frame_equal(getattr(scanned, part), getattr(plain, part), check_exact=True)
+    if variant not in ("clean", "lines out of order"):
+        assert plain.problems.height, "the variant should spoil something"
+
+
+def test_text_state_finds_whitespace_and_blanks(monkeypatch):
+    import medfraud.export.inputs as inputs
+
+    monkeypatch.setattr(inputs, "_SCAN_FROM", 1)
+    frame = pl.DataFrame({"plain": ["a", "b c", None], "lead": [" a", "b", "c"],
+                          "trail_nbsp": ["a\u00a0", "b", "c"], "non_ascii": ["é", "b", "c"],
+                          "blank": ["", "b", None], "spaces": ["  ", "b", "c"]})
+    state = inputs._text_state(frame, frame.columns)
+    # non-ASCII edges are stripped too (conservatively: stripping them changes nothing)
+    assert state.untrimmed == {"lead", "trail_nbsp", "non_ascii", "spaces"}
+    assert state.with_blanks == {"blank"}
+    monkeypatch.setattr(inputs, "_SCAN_FROM", 10)
+    assert inputs._text_state(frame, frame.columns) is None
+
+
+def test_row_order_marks_repeated_lines_of_adjacent_claims(monkeypatch):
+    import medfraud.export.inputs as inputs
+
+    monkeypatch.setattr(inputs, "_SCAN_FROM", 1)
+    typed = pl.DataFrame({"claim_id": ["a", "a", "b", "b", "b", "c"],
+                          "line_no": [1, 2, 2, 1, 2, None]}, schema_overrides={"line_no": pl.Int32})
+    order = inputs._RowOrder.of(typed)
+    assert (order.contiguous, order.sorted, order.lines_ascending) == (True, True, False)
+    assert order.repeated_line.to_list() == [False, False, True, False, True, False]
+    apart = inputs._RowOrder.of(typed.with_columns(pl.Series("claim_id", ["a", "b", "a", "b", "b", "c"])))
+    assert not apart.contiguous and apart.repeated_line is None
+    descending = inputs._RowOrder.of(typed.reverse().filter(pl.col("claim_id") != "b"))
+    assert (descending.contiguous, descending.sorted) == (True, False)

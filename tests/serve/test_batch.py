@@ -119,3 +119,42 @@ def test_score_command(exported, rows, tmp_path):
     missing = runner.invoke(app, ["score", "--model", str(tmp_path / "nope"), "--input", str(src),
                                   "--output", str(tmp_path / "x.parquet")])
     assert missing.exit_code == 2
+
+
+@pytest.mark.parametrize("row_group_size, chunk_size", [(100, 150), (70, 1000), (1000, 64), (7, 7)])
+def test_parquet_batches_are_cut_like_pyarrow_batches(tmp_path, row_group_size, chunk_size):
+    import pyarrow.parquet as pq
+    from polars.testing import assert_frame_equal
+
+    from medfraud.export.inputs import INPUT_COLUMNS
+    from medfraud.serve.batch import iter_batches
+
+    given = pl.DataFrame({"claim_id": [f"C{i // 3:04d}" for i in range(1000)],
+                          "line_no": [i % 3 + 1 for i in range(1000)], "amount": [i / 4 for i in range(1000)]})
+    frame = given.select(pl.col(c).cast(t) if c in given.columns else pl.lit(None, t).alias(c)
+                         for c, t in INPUT_COLUMNS.items())
+    src = tmp_path / "in.parquet"
+    frame.with_columns(pl.lit("extra").alias("ignored")).write_parquet(src, row_group_size=row_group_size)
+    ours = list(iter_batches(src, chunk_size))
+    theirs = [pl.from_arrow(b) for b in pq.ParquetFile(src).iter_batches(batch_size=chunk_size,
+                                                                         columns=list(INPUT_COLUMNS))]
+    assert [b.height for b in ours] == [b.height for b in theirs]
+    for a, b in zip(ours, theirs):
+        assert_frame_equal(a, b)
+
+
+def test_spoiled_parquet_in_many_row_groups_is_checked_chunk_by_chunk(pipeline, rows, tmp_path):
+    # Chunks made of several row groups once crashed polars while writing the reasons.
+    i = pl.int_range(pl.len())
+    bad = rows.with_columns(
+        pl.when(i % 13 == 1).then(pl.lit("P404")).otherwise(pl.col("patient_id")).alias("patient_id"),
+        pl.when(i % 17 == 2).then(None).otherwise(pl.col("amount")).alias("amount"))
+    src = tmp_path / "in.parquet"
+    bad.write_parquet(src, row_group_size=70)
+    report = score_file(pipeline, src, tmp_path / "out.parquet", chunk_size=150, max_bad_share=1.0)
+    rejects = pl.read_csv(tmp_path / "out.parquet.rejects.csv")
+    assert {r + 1 for r in range(bad.height) if r % 13 == 1} <= set(
+        rejects.filter(pl.col("column") == "patient_id")["row"])
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert bad.filter(pl.col("claim_id").is_in(out["claim_id"].implode())).height \
+        + rejects["row"].n_unique() == bad.height == report.rows

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -45,6 +45,7 @@ ID_REFERENCES: dict[str, tuple[str, str]] = {
 PROBLEM_SCHEMA = {"row": pl.Int64, "claim_id": pl.String, "column": pl.String,
                   "reason": pl.String}
 _ROW = "_row"
+_REPEATED_LINE = "_repeated_line"
 _TRUE = {"true": True, "t": True, "1": True, "yes": True, "false": False, "f": False,
          "0": False, "no": False}
 
@@ -103,14 +104,22 @@ def missing_columns(columns: list[str]) -> list[str]:
     return [c for c in INPUT_COLUMNS if c not in columns]
 
 
-def _coerce(column: str, target: pl.DataType, source: pl.DataType) -> pl.Expr:
-    """Expression casting ``column`` to ``target``; a value that cannot be read becomes null."""
+def _coerce(column: str, target: pl.DataType, source: pl.DataType,
+            text: TextState | None = None) -> pl.Expr:
+    """Expression casting ``column`` to ``target``; a value that cannot be read becomes null.
+
+    Text is stripped of surrounding whitespace and a blank becomes null; ``text`` (see
+    :func:`_text_state`) says when the values need neither, and the rewrite is skipped."""
     x = pl.col(column)
     if source == pl.Null:
         return x.cast(target)
     if source == pl.String:
-        x = x.str.strip_chars()
+        trimmed = text is not None and column not in text.untrimmed
+        if not trimmed:
+            x = x.str.strip_chars()
         if target == pl.String:
+            if trimmed and column not in text.with_blanks:
+                return x
             return pl.when(x == "").then(None).otherwise(x)
         if target == pl.Date:
             return x.str.to_date(strict=False)
@@ -143,6 +152,52 @@ def _cast(source: pl.DataType, target: pl.DataType) -> bool:
     """Whether reading a ``source`` column as ``target`` converts values (and may fail).
     Text read as text cannot fail: blanks become null (see :func:`_coerce`)."""
     return source != target
+
+
+# From this many rows, check_rows looks at the data first to pick cheaper steps that give
+# the same result (see _text_state, _RowOrder); below it (a REST call's few rows) the
+# looks would cost more than they save.
+_SCAN_FROM = 3000  # the cost of the looks and their saving cross at about 2,500 rows
+
+
+@dataclass(frozen=True)
+class TextState:
+    """What the text columns of an input need before they are read.
+
+    ``untrimmed``: columns where some value may start or end with whitespace (they are
+    stripped); ``with_blanks``: the others where some value is the empty string (blanks
+    become null).  A column in neither is read as it is."""
+
+    untrimmed: frozenset[str]
+    with_blanks: frozenset[str]
+
+
+# A value whose first and last bytes are printable ASCII (33..126, or DEL) has nothing to
+# strip: whitespace is 9..13 and 32 in ASCII, and every non-ASCII character's bytes are >= 128.
+_SAFE_EDGE_BYTES = (33, 127)
+
+
+def _text_state(rows: pl.DataFrame, columns: list[str]) -> TextState | None:
+    """Which String ``columns`` of ``rows`` need stripping or have blanks; None (treat
+    every column as needing both) below :data:`_SCAN_FROM` rows.
+
+    Reads the first and last byte of each value instead of stripping it: about a quarter
+    of the cost of stripping and blank-testing every value.
+    """
+    if rows.height < _SCAN_FROM or not columns:
+        return None
+    low, high = _SAFE_EDGE_BYTES
+    edges = rows.select(expr for i, column in enumerate(columns) for expr in (
+        pl.col(column).cast(pl.Binary).bin.get(0, null_on_oob=True).alias(f"first{i}"),
+        pl.col(column).cast(pl.Binary).bin.get(-1, null_on_oob=True).alias(f"last{i}")))
+    unsafe = edges.select(((pl.all() < low) | (pl.all() > high)).any()).row(0)
+    # An empty value has no first byte: more nulls among first bytes than among values.
+    first_nulls = edges.select(pl.col(f"first{i}") for i in range(len(columns))).null_count().row(0)
+    value_nulls = rows.select(columns).null_count().row(0)
+    untrimmed = {c for i, c in enumerate(columns) if unsafe[2 * i] or unsafe[2 * i + 1]}
+    with_blanks = {c for c, first, value in zip(columns, first_nulls, value_nulls)
+                   if first > value and c not in untrimmed}
+    return TextState(frozenset(untrimmed), frozenset(with_blanks))
 
 
 class SnapshotIds:
@@ -207,11 +262,13 @@ def _known_column(column: str) -> str:
     return f"_known_{column}"
 
 
-def _checks(schema: Mapping[str, pl.DataType], known: list[str]
-            ) -> list[tuple[str, pl.Expr, pl.Expr]]:
+def _checks(schema: Mapping[str, pl.DataType], known: list[str], text: TextState | None = None,
+            repeats_marked: bool = False) -> list[tuple[str, pl.Expr, pl.Expr]]:
     """(column, condition true on a bad row, reason text of that row); ``known`` names the
-    id columns checked against the snapshot (``_known_<column>``).  Conditions may use
-    window functions over the whole input; reasons read the row only."""
+    id columns checked against the snapshot (``_known_<column>``); ``text`` as in
+    :func:`_coerce`; ``repeats_marked``: column ``_repeated_line`` marks the rows whose
+    (claim_id, line_no) repeats (see :class:`_RowOrder`).  Conditions may use window
+    functions over the whole input; reasons read the row only."""
     checks: list[tuple[str, pl.Expr, pl.Expr]] = []
     for column, dtype in INPUT_COLUMNS.items():
         if not _cast(schema[column], dtype):
@@ -221,8 +278,11 @@ def _checks(schema: Mapping[str, pl.DataType], known: list[str]
         else:
             raw = pl.col(_raw(column))
             blank = raw.is_null()
-            if schema[column] == pl.String:
-                blank = blank | (raw.str.strip_chars() == "")  # an empty CSV cell is a null
+            if schema[column] == pl.String:  # an empty CSV cell is a null
+                if text is None or column in text.untrimmed:
+                    blank = blank | (raw.str.strip_chars() == "")
+                elif column in text.with_blanks:
+                    blank = blank | (raw == "")
             checks.append((column, ~blank & pl.col(column).is_null(), pl.format(
                 "value {} is not a valid " + str(dtype), raw.cast(pl.String).str.slice(0, 40))))
         if column in REQUIRED:
@@ -230,9 +290,9 @@ def _checks(schema: Mapping[str, pl.DataType], known: list[str]
     for table, column, message, bad in RANGE_CHECKS:
         if table in ("claims", "claim_lines"):
             checks.append((column, bad, pl.lit(message)))
-    checks.append(("line_no", pl.col("line_no").is_not_null()
-                   & (pl.len().over("claim_id", "line_no") > 1),
-                   pl.lit("duplicate (claim_id, line_no)")))
+    duplicate = (pl.col(_REPEATED_LINE) if repeats_marked else
+                 pl.col("line_no").is_not_null() & (pl.len().over("claim_id", "line_no") > 1))
+    checks.append(("line_no", duplicate, pl.lit("duplicate (claim_id, line_no)")))
     for column, (table, _key) in ID_REFERENCES.items():
         if column not in known:
             continue
@@ -253,7 +313,6 @@ class _CheckPlan:
     """The expressions of a check for one input schema: building them is a measurable part
     of checking a REST call's few rows, so they are built once per schema."""
 
-    typing: tuple[pl.Expr, ...]  # contract-typed columns, raw copies, _claim_ref
     checks: tuple[tuple[str, pl.Expr, pl.Expr], ...]  # see _checks
     conditions: tuple[pl.Expr, ...]  # _p<i>: Boolean, the row fails check i
     reasons: tuple[pl.Expr, ...]  # _p<i>: the reason text where _p<i> holds
@@ -268,18 +327,69 @@ def _add_check(checks: list, conditions: list, reasons: list, column: str, condi
 
 
 @functools.lru_cache(maxsize=32)
-def _check_plan(schema_items: tuple[tuple[str, pl.DataType], ...], known: tuple[str, ...]
-                ) -> _CheckPlan:
+def _typing_plan(schema_items: tuple[tuple[str, pl.DataType], ...], text: TextState | None
+                 ) -> tuple[pl.Expr, ...]:
+    """Contract-typed columns, raw copies of the columns that are cast, _claim_ref."""
     schema = dict(schema_items)
-    typing = (*[_coerce(c, t, schema[c]).alias(c) for c, t in INPUT_COLUMNS.items()],
-              *[pl.col(c).alias(_raw(c)) for c, t in INPUT_COLUMNS.items() if _cast(schema[c], t)],
-              pl.col("claim_id").cast(pl.String).alias("_claim_ref"))
+    return (*[_coerce(c, t, schema[c], text).alias(c) for c, t in INPUT_COLUMNS.items()],
+            *[pl.col(c).alias(_raw(c)) for c, t in INPUT_COLUMNS.items() if _cast(schema[c], t)],
+            pl.col("claim_id").cast(pl.String).alias("_claim_ref"))
+
+
+@functools.lru_cache(maxsize=64)
+def _check_plan(schema_items: tuple[tuple[str, pl.DataType], ...], known: tuple[str, ...],
+                text: TextState | None, repeats_marked: bool) -> _CheckPlan:
     checks: list = []
     conditions: list = []
     reasons: list = []
-    for column, condition, reason in _checks(schema, list(known)):
+    for column, condition, reason in _checks(dict(schema_items), list(known), text, repeats_marked):
         _add_check(checks, conditions, reasons, column, condition, reason)
-    return _CheckPlan(typing, tuple(checks), tuple(conditions), tuple(reasons))
+    return _CheckPlan(tuple(checks), tuple(conditions), tuple(reasons))
+
+
+@dataclass(frozen=True)
+class _RowOrder:
+    """How the rows of a typed input are ordered, as far as cheap tests tell.
+
+    ``contiguous``: the rows of each claim are adjacent (no null claim id); ``sorted``: and
+    claim ids ascend; ``lines_ascending``: and line_no strictly ascends within each claim
+    (null only on a claim's single row).  ``repeated_line``, when contiguous: Boolean (n,),
+    the row's non-null (claim_id, line_no) is on another row too.  Not known (all False,
+    None) below :data:`_SCAN_FROM` rows or when a claim's rows are apart.
+    """
+
+    contiguous: bool = False
+    sorted: bool = False
+    lines_ascending: bool = False
+    repeated_line: pl.Series | None = field(default=None, repr=False)
+
+    @staticmethod
+    def of(typed: pl.DataFrame) -> _RowOrder:
+        if typed.height < _SCAN_FROM:
+            return _RowOrder()
+        claim_ids = typed["claim_id"]
+        if claim_ids.null_count():
+            return _RowOrder()
+        ascending = claim_ids.is_sorted()
+        # Unsorted ids are still contiguous when there are as many runs as distinct ids.
+        if not ascending and claim_ids.rle_id().max() + 1 != claim_ids.n_unique():
+            return _RowOrder()
+        line_no = pl.col("line_no")
+        out_of_order = typed.select(
+            ~(_NEW_CLAIM | (line_no > line_no.shift(1))).fill_null(True)).to_series()
+        repeated = pl.repeat(False, typed.height, dtype=pl.Boolean, eager=True)
+        if not out_of_order.any():
+            return _RowOrder(True, ascending, True, repeated)
+        # Lines in ascending order cannot repeat: group only the claims with lines out of order.
+        suspects = claim_ids.filter(out_of_order).implode()
+        rows = (typed.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"), "claim_id", line_no)
+                .filter(pl.col("claim_id").is_in(suspects)))
+        repeats = rows.filter(line_no.is_not_null() & (pl.len().over("claim_id", "line_no") > 1))
+        return _RowOrder(True, ascending, False, repeated.scatter(repeats["_i"], True))
+
+
+# True on the first row of each claim when the rows of a claim are contiguous.
+_NEW_CLAIM = pl.col("claim_id").ne_missing(pl.col("claim_id").shift(1))
 
 
 def check_rows(rows: pl.DataFrame, snapshot: Mapping[str, pl.DataFrame | pl.Series] | None = None,
@@ -317,16 +427,26 @@ def check_rows(rows: pl.DataFrame, snapshot: Mapping[str, pl.DataFrame | pl.Seri
                for frame in [snapshot[table]]}
     schema = rows.select(list(INPUT_COLUMNS)).schema
     known = [column for column, (table, _key) in ID_REFERENCES.items() if ids and table in ids]
-    plan = _check_plan(tuple(schema.items()), tuple(known))
+    text = _text_state(rows, [c for c in INPUT_COLUMNS if schema[c] == pl.String])
     typed = rows.select(pl.int_range(first_row, first_row + n, dtype=pl.Int64).alias(_ROW),
-                        *plan.typing)
+                        *_typing_plan(tuple(schema.items()), text))
     if known:
         typed = typed.with_columns(_known(typed[column], ids[ID_REFERENCES[column][0]])
                                    .alias(_known_column(column)) for column in known)
+    order = _RowOrder.of(typed)
+    if order.repeated_line is not None:
+        typed = typed.with_columns(order.repeated_line.alias(_REPEATED_LINE))
+    plan = _check_plan(tuple(schema.items()), tuple(known), text, order.repeated_line is not None)
     checks, conditions, reasons = list(plan.checks), list(plan.conditions), list(plan.reasons)
-    # Claim columns repeated on each line must agree: one hash per row finds the claims
-    # that disagree; naming the column is then done on those few claims only.
-    disagree = typed.select(pl.struct(_REPEATED).hash().n_unique().over("claim_id") > 1).to_series()
+    # Claim columns repeated on each line must agree.  Finding the claims that disagree is
+    # cheap (each row against the row before) when a claim's rows are adjacent, else one hash
+    # per row; naming the column is then done on those few claims only.
+    if order.contiguous:
+        disagree = typed.select(~_NEW_CLAIM & pl.any_horizontal(
+            pl.col(c).ne_missing(pl.col(c).shift(1)) for c in _REPEATED)).to_series()
+    else:
+        disagree = typed.select(pl.struct(_REPEATED).hash().n_unique().over("claim_id") > 1
+                                ).to_series()
     if disagree.any():
         suspects = typed.filter(disagree)
         for column in _REPEATED:
@@ -340,8 +460,10 @@ def check_rows(rows: pl.DataFrame, snapshot: Mapping[str, pl.DataFrame | pl.Seri
     bad_row = failed.select(pl.any_horizontal(pl.all())).to_series()
     if not bad_row.any():
         return _valid(typed.select(_ROW, "_claim_ref", *INPUT_COLUMNS),
-                      pl.DataFrame(schema=PROBLEM_SCHEMA), n)
-    flagged = typed.with_columns(failed).filter(bad_row).select(_ROW, "_claim_ref", *reasons)
+                      pl.DataFrame(schema=PROBLEM_SCHEMA), n, order)
+    # One chunk per column: on a chunk of a file made of several row groups, polars 2.1 panics
+    # (binview index out of bounds) writing the reasons of the filtered rows otherwise.
+    flagged = typed.with_columns(failed).filter(bad_row).rechunk().select(_ROW, "_claim_ref", *reasons)
     typed = typed.select(_ROW, "_claim_ref", *INPUT_COLUMNS)
     columns_of = pl.DataFrame({"_check": [f"_p{i}" for i in range(len(checks))],
                                "column": [c for c, _cond, _r in checks]})
@@ -360,13 +482,25 @@ def check_rows(rows: pl.DataFrame, snapshot: Mapping[str, pl.DataFrame | pl.Seri
             pl.lit("claim_id").alias("column"),
             pl.lit("claim rejected because another of its rows is bad").alias("reason"))])
     problems = problems.sort("row", "column", nulls_last=True).cast(PROBLEM_SCHEMA)
-    return _valid(typed.join(bad_claims, on="_claim_ref", how="anti", nulls_equal=True), problems, n)
+    # Dropping whole claims keeps the order of the rows left, so `order` still holds.
+    good = typed.filter(~pl.col("_claim_ref").is_in(bad_claims["_claim_ref"].implode(),
+                                                    nulls_equal=True))
+    return _valid(good, problems, n, order)
 
 
-def _valid(good: pl.DataFrame, problems: pl.DataFrame, n: int) -> CheckedBatch:
-    """The claims and lines of the rows left after rejecting the bad claims."""
-    claims = good.select(list(CLAIM_COLUMNS)).unique("claim_id", keep="first", maintain_order=True)
-    lines = good.select("claim_id", *LINE_COLUMNS).sort("claim_id", "line_no")
+def _valid(good: pl.DataFrame, problems: pl.DataFrame, n: int, order: _RowOrder) -> CheckedBatch:
+    """The claims and lines of the rows left after rejecting the bad claims (``order``:
+    that of ``good``'s rows, see :class:`_RowOrder`)."""
+    if order.contiguous:  # a claim's first row is the one after a row of another claim
+        claims = good.filter(_NEW_CLAIM).select(list(CLAIM_COLUMNS))
+    else:
+        claims = good.select(list(CLAIM_COLUMNS)).unique("claim_id", keep="first",
+                                                         maintain_order=True)
+    lines = good.select("claim_id", *LINE_COLUMNS)
+    if order.sorted and order.lines_ascending:  # already in (claim_id, line_no) order
+        lines = lines.with_columns(pl.col("claim_id").set_sorted())
+    else:
+        lines = lines.sort("claim_id", "line_no")
     return CheckedBatch(claims, lines, problems, n)
 
 

@@ -2,8 +2,8 @@
 
 The input is the scoring input format (:mod:`medfraud.export.inputs`: one row per claim
 line, claim columns repeated).  The file is streamed in chunks of about ``chunk_size``
-rows (``pyarrow`` record batches for Parquet, the ``pyarrow.csv`` streaming reader for
-CSV, every CSV column read as text and then coerced), so memory stays flat; a chunk never
+rows (Parquet read by polars a row group at a time, CSV by the ``pyarrow.csv`` streaming
+reader, every CSV column read as text and then coerced), so memory stays flat; a chunk never
 splits a claim (the rows of the last claim of a chunk are carried into the next one).
 The rows of one claim must be contiguous: a claim id seen again after its claim was
 scored is rejected as a duplicate.
@@ -88,8 +88,8 @@ def iter_batches(path: Path, chunk_size: int) -> Iterator[pl.DataFrame]:
         missing = missing_columns(file.schema_arrow.names)
         if missing:
             raise InputError(_missing_frame(missing))
-        for batch in file.iter_batches(batch_size=chunk_size, columns=list(INPUT_COLUMNS)):
-            yield pl.from_arrow(batch)
+        groups = [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)]
+        yield from _parquet_batches(path, groups, chunk_size)
         return
     import pyarrow.csv as pcsv
 
@@ -115,6 +115,32 @@ def iter_batches(path: Path, chunk_size: int) -> Iterator[pl.DataFrame]:
             pending, size = [], 0
     if pending:
         yield pl.concat(pending)
+
+
+def _parquet_batches(path: Path, group_rows: list[int], chunk_size: int) -> Iterator[pl.DataFrame]:
+    """The input columns of a Parquet file whose row groups have ``group_rows`` rows, as
+    frames of ``chunk_size`` rows (the last one shorter), holding at most a chunk and a row
+    group in memory.
+
+    Polars decodes Parquet in about a third of the CPU time of pyarrow + ``pl.from_arrow``.
+    Each row group is read once, whole (slicing a file across a row group decodes it again
+    for every slice).
+    """
+    scan = pl.scan_parquet(path, glob=False, hive_partitioning=False).select(list(INPUT_COLUMNS))
+    pending: list[pl.DataFrame] = []
+    size = start = 0
+    for rows in group_rows:
+        if rows:
+            pending.append(scan.slice(start, rows).collect())
+            size += rows
+            start += rows
+        while size >= chunk_size:
+            frame = pl.concat(pending) if len(pending) > 1 else pending[0]
+            yield frame.head(chunk_size)
+            rest = frame.slice(chunk_size)
+            pending, size = ([rest] if rest.height else []), rest.height
+    if size:
+        yield pl.concat(pending) if len(pending) > 1 else pending[0]
 
 
 def _missing_frame(missing: list[str]) -> pl.DataFrame:
@@ -187,17 +213,22 @@ def score_file(pipeline, input_path: str | Path, output_path: str | Path, *, chu
     total = total_rows(input_path)
     rows = claims = bad = 0
     seen = pl.Series("claim_id", [], dtype=pl.String)
+    seen_max = ""  # the largest id in `seen`
     writer = rejects_fh = None
     try:
         for first_row, chunk in claim_chunks(iter_batches(input_path, chunk_size)):
             batch = pipeline.check(chunk, first_row=first_row)
             problems = batch.problems
-            repeated = batch.claims.filter(pl.col("claim_id").is_in(seen.implode()))
-            if repeated.height:
-                problems, batch = _reject_repeated(chunk, first_row, repeated, problems, batch)
+            # Ids all above those scored so far (always so in a file sorted by claim id)
+            # cannot repeat one: skip hashing every id seen.
+            if seen.len() and batch.claims.height and batch.claims["claim_id"].min() <= seen_max:
+                repeated = batch.claims.filter(pl.col("claim_id").is_in(seen.implode()))
+                if repeated.height:
+                    problems, batch = _reject_repeated(chunk, first_row, repeated, problems, batch)
             if batch.claims.height:
                 scores = pipeline.score(batch.claims, batch.lines, validate=False)
                 seen = pl.concat([seen, scores["claim_id"]])
+                seen_max = max(seen_max, scores["claim_id"].max())
                 writer = _write_scores(writer, tmp_out, out_format, scores)
                 claims += scores.height
             if problems.height:
