@@ -126,3 +126,39 @@ def test_refill_overlap_skips_other_patients_and_non_drug_lines():
     # fill 2 is 4 days into fill 1's 10 days; fill 3 comes after fill 2 ran out; P2 is alone.
     assert flags["_overlap"].to_list() == [0, None, 6, 0, 0]
     assert flags["_dup_across"].to_list() == [False] * 5
+
+
+def test_line_flags_sorting_only_repeated_pairs_equals_full_sort():
+    # Lines alone in their (patient, item) pair skip the sort; the flags of every line are
+    # those of sorting all lines (the lazy path still sorts everything).
+    from datetime import date, timedelta
+
+    import numpy as np
+    import polars as pl
+
+    from medfraud.features.claims import _LINE_ORDER, _line_flag_exprs, _line_flags
+
+    rng = np.random.default_rng(11)
+    n = 3_000
+    claim = rng.integers(0, 800, n)
+    lines = pl.DataFrame({
+        "_cidx": claim.astype(np.uint32), "line_no": rng.integers(1, 6, n).astype(np.int32),
+        "patient_id": [f"P{c % 300}" for c in claim],
+        "item_type": rng.choice(["drug", "drug", "exam", "bed"], n),
+        "item_code": rng.choice([f"G{i}" for i in range(40)], n),
+        "quantity": rng.integers(1, 3, n).astype(float),
+        "days_supply": pl.Series(rng.integers(1, 30, n).astype(np.int32))
+        .set(pl.Series(rng.random(n) < 0.1), None),
+        "service_date": [date(2024, 1, 1) + timedelta(days=int(c % 60)) for c in claim],
+    }).unique(["_cidx", "line_no"]).with_columns(
+        pl.col("patient_id").hash(0).alias("_pkey"), pl.col("item_code").hash(0).alias("_ikey"),
+        (pl.col("item_type") == "drug").alias("_is_drug"),
+        (pl.col("item_type") != "bed").alias("_not_bed"))
+    want = lines.sort(_LINE_ORDER).with_columns(_line_flag_exprs()).sort("_cidx", "line_no")
+    got = _line_flags(lines).sort("_cidx", "line_no")
+    assert got.equals(want)
+    assert _line_flags(lines.lazy()).collect().sort("_cidx", "line_no").equals(want)
+    alone = lines.select(pl.struct("_pkey", "_ikey").is_unique()).to_series()
+    assert 0.1 < alone.mean() < 0.9  # both parts are exercised
+    assert want.filter(pl.col("_overlap") > 0).height and want["_dup_across"].any() \
+        and want["_dup_in"].any()

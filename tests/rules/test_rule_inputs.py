@@ -126,3 +126,82 @@ def test_window_claims_and_shared_lines(small):
     assert set(drugs.columns) >= {"item_type", "patient_id", "setting", "service_date"}
     assert inputs.lines(["exam"]).collect()["claim_id"].to_list() == ["C2"]
     assert ("lines_context" in inputs._shared) == small  # materialised for small inputs only
+
+
+def _lazy(tables):
+    return {name: frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+            for name, frame in tables.items()}
+
+
+def _sorted(frame: pl.LazyFrame) -> pl.DataFrame:
+    frame = frame.collect()
+    return frame.select(sorted(frame.columns)).sort(pl.all())
+
+
+def test_indexed_lines_equal_joined_lines():
+    # Lines of a claim after the window end, of no claim at all and of a drug missing from
+    # the catalogue; history before the window start (kept unless ``since`` drops it).
+    tables = make_tables(
+        [claim("C1", "2024-02-01"), claim("C2", "2024-03-01", patient="P2"),
+         claim("C3", "2024-04-01")],
+        [line("C1"), line("C1", 2, item_type="exam", item_code="E1"), line("C2"),
+         line("C2", 2, item_code="G9"), line("C3"), line("C404")])
+    window = (date(2024, 2, 15), date(2024, 3, 31))
+    indexed = RuleInputs(_lazy(tables), *window, engine="in-memory", index_lines=True)
+    joined = RuleInputs(_lazy(tables), *window, engine="in-memory")
+    assert indexed._line_index() is not None
+    for since in (None, window[0]):
+        for types in (None, ["drug"], ["exam"]):
+            assert _sorted(indexed.lines(types, since=since)).equals(
+                _sorted(joined.lines(types, since=since)))
+        assert _sorted(indexed.drug_lines(since)).equals(_sorted(joined.drug_lines(since)))
+        columns = ["claim_id", "patient_id", "item_code", "service_date", "amount"]
+        assert _sorted(indexed.drug_lines(since, columns)).equals(
+            _sorted(joined.drug_lines(since, columns)))
+    assert _sorted(indexed.drug_sales()).equals(_sorted(joined.drug_sales()))
+    assert indexed.lines(since=window[0]).collect()["claim_id"].to_list() == ["C2", "C2"]
+    assert indexed.drug_lines().collect()["claim_id"].to_list() == ["C1", "C2"]  # not G9
+
+
+def test_indexed_lines_fall_back_to_joins_on_a_repeated_claim_id():
+    tables = make_tables([claim("C1", "2024-03-01"), claim("C2", "2024-03-02")],
+                         [line("C1"), line("C2")])
+    tables["claims"] = pl.concat([tables["claims"], tables["claims"].head(1)])
+    inputs = RuleInputs(_lazy(tables), None, None, engine="in-memory", index_lines=True)
+    assert inputs._line_index() is None
+    assert sorted(inputs.lines().collect()["claim_id"]) == ["C1", "C1", "C2"]
+
+
+@pytest.mark.parametrize("window", [None, (date(2024, 4, 17), date(2024, 9, 30))])
+def test_window_scoped_line_kinds_equal_general_path(tiny_dataset, monkeypatch, window):
+    # Line kinds read only the window's lines (and a refill's history only for keys
+    # refilled in the window; a monthly cap the window start's month): same hits as the
+    # one-rule-at-a-time general path, which reads every line.
+    from medfraud.rules import Rule, RuleCatalogue, evaluate_rules, load_catalogue
+
+    import medfraud.rules.engine as engine
+
+    extra = [
+        Rule(id="X01", name_zh="x", name_en="x", kind="frequency_limit", reason_code="X",
+             stage="事中", severity=2, result_class="违规", level="claim",
+             params={"max_quantity_by_item_type": {"drug": 20.0, "bed": 20.0},
+                     "period": "1mo"}),
+        Rule(id="X02", name_zh="x", name_en="x", kind="duplicate_charge", reason_code="X",
+             stage="事中", severity=2, result_class="违规", level="claim",
+             params={"scope": "patient_day", "identical_only": False}),
+        Rule(id="X03", name_zh="x", name_en="x", kind="overlapping_refill", reason_code="X",
+             stage="事中", severity=2, result_class="违规", level="claim",
+             params={"tolerance_days": 0}),
+        Rule(id="X04", name_zh="x", name_en="x", kind="quantity_over_days_limit",
+             reason_code="X", stage="事中", severity=2, result_class="违规", level="claim",
+             params={"emergency_departments": ["emergency", "internal"]}),
+    ]
+    catalogue = RuleCatalogue(rules=[*load_catalogue().enabled, *extra])
+    monkeypatch.setattr(engine, "SMALL_INPUT_CLAIMS", 0)  # the indexed-lines path
+    indexed = evaluate_rules(tiny_dataset, catalogue, window=window)
+    monkeypatch.setattr(engine, "COLLECT_TOGETHER_BELOW", 0)  # lazy joins, rule by rule
+    general = evaluate_rules(tiny_dataset, catalogue, window=window)
+    assert indexed.height > 0
+    assert set(indexed.filter(pl.col("rule_id").str.starts_with("X"))["rule_id"]) == {
+        "X01", "X02", "X03", "X04"}
+    assert indexed.equals(general)

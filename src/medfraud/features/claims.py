@@ -178,7 +178,19 @@ def _line_flags(lines: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFra
     position in claim_id order), service_date, line_no, quantity, days_supply, ``_is_drug``
     and ``_not_bed`` (item_type is not "bed"); narrow numeric columns keep the sort cheap.
     """
-    return lines.sort(_LINE_ORDER).with_columns(_line_flag_exprs())
+    if not isinstance(lines, pl.DataFrame):
+        return lines.sort(_LINE_ORDER).with_columns(_line_flag_exprs())
+    # Every flag relates a line to other lines of its (patient, item): a line alone in its
+    # pair (most lines: ~80 % of a scoring batch's) is a first fill with no duplicate.  Only
+    # the others are sorted (a hash collision only sorts more lines); their order among
+    # themselves, and so their flags, are those of the full sort.
+    repeated = lines.select(pl.struct("_pkey", "_ikey").hash(_PARTITION_SEED).is_duplicated()) \
+        .to_series()
+    flagged = lines.filter(repeated).sort(_LINE_ORDER).with_columns(_line_flag_exprs())
+    alone = lines.filter(~repeated).with_columns(
+        pl.when(pl.col("_is_drug")).then(pl.lit(0, flagged.schema["_overlap"])).alias("_overlap"),
+        pl.lit(False).alias("_dup_across"), pl.lit(False).alias("_dup_in"))
+    return pl.concat([flagged, alone], how="vertical", rechunk=False)
 
 
 _LINE_ORDER = ["_pkey", "_ikey", "service_date", "_cidx", "line_no"]

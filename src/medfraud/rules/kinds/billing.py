@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from datetime import date
 from typing import Literal
 
 import polars as pl
@@ -40,12 +42,13 @@ def duplicate_charge(inputs: RuleInputs, params: DuplicateParams) -> pl.LazyFram
     # A 64-bit hash of the key finds the few candidate repeats cheaply; the exact
     # comparison then runs on those candidates only.
     candidates = pl.len().over(pl.struct(key).hash()) > 1
+    # Copies share a claim or a day: the window's lines hold every copy of a window line.
     if params.scope == "claim":
         # Copies in one claim share its context (setting, date): narrow the bare lines
         # before joining the claims, so only the candidates are joined.
-        lines = inputs.lines(params.item_types, narrow=candidates)
+        lines = inputs.lines(params.item_types, narrow=candidates, since=inputs.start)
     else:
-        lines = inputs.lines(params.item_types).filter(candidates)
+        lines = inputs.lines(params.item_types, since=inputs.start).filter(candidates)
     lines = (lines.filter(is_in("setting", params.settings))
              .sort("claim_id", "line_no", multithreaded=False)
              .with_columns((~pl.struct(key).is_first_distinct()).alias("copy")))
@@ -67,7 +70,11 @@ def frequency_limit(inputs: RuleInputs, params: FrequencyParams) -> pl.LazyFrame
     """限定频次: an item billed more often than allowed per period, or more bed days than
     days in hospital; the units above the cap pay at the line's unit price."""
     caps = value_frame(params.max_quantity_by_item_type, "item_type", "cap", pl.Float64)
-    lines = inputs.lines(list(params.max_quantity_by_item_type)).join(caps, on="item_type")
+    # A window line's period starts on or after the window start's period: lines of
+    # claims before that cannot count towards its cap.
+    lines = inputs.lines(list(params.max_quantity_by_item_type),
+                         since=_period_start(inputs.start, params.period)
+                         ).join(caps, on="item_type")
     period_key = ["patient_id", "item_code", pl.col("service_date").dt.truncate(params.period)]
     capped = (lines.sort("service_date", "claim_id", "line_no", multithreaded=False)
               .with_columns(pl.col("quantity").cum_sum().over(period_key).alias("running"))
@@ -80,7 +87,7 @@ def frequency_limit(inputs: RuleInputs, params: FrequencyParams) -> pl.LazyFrame
     parts = [capped]
     if params.bed_days_within_stay:
         stays = inputs.claims(["claim_id", "admit_date", "discharge_date"])
-        beds = (inputs.lines(["bed"]).join(stays, on="claim_id")
+        beds = (inputs.lines(["bed"], since=inputs.start).join(stays, on="claim_id")
                 .group_by("claim_id").agg(
                     pl.col("service_date").first(), pl.col("quantity").sum(),
                     pl.col("unit_price").mean(),
@@ -93,6 +100,14 @@ def frequency_limit(inputs: RuleInputs, params: FrequencyParams) -> pl.LazyFrame
                         .alias("at_stake")))
         parts.append(beds)
     return per_claim(pl.concat(parts), pl.col("at_stake"))
+
+
+@functools.lru_cache(maxsize=64)
+def _period_start(day: date | None, period: str) -> date | None:
+    """First day of the ``period`` (polars truncation interval) holding ``day``."""
+    if day is None:
+        return None
+    return pl.select(pl.lit(day).dt.truncate(period)).item()
 
 
 class UpcodingParams(KindParams):

@@ -2,10 +2,14 @@
 
 Each kind judges drug lines (claim_lines with item_type ``drug`` joined with ``drugs``)
 and reports one hit per claim; ``amount_at_stake`` is the amount of the offending lines
-or, where only part of a line is excessive, that excess part.
+or, where only part of a line is excessive, that excess part.  Kinds judging a line by
+itself (and its claim, patient, facility) read the window's lines only
+(``since=inputs.start``); the refill kind alone reads the history.
 """
 
 from __future__ import annotations
+
+from datetime import date
 
 import polars as pl
 from pydantic import Field
@@ -27,8 +31,9 @@ def sex_restriction(inputs: RuleInputs, params: NoParams) -> pl.LazyFrame:
     """限性别: a drug restricted to one sex (``drugs.sex_restriction``) billed for the other."""
     patients = inputs.table("patients").select("patient_id", "sex")
     # Few drugs are restricted: filter before the join with patients.
-    lines = inputs.drug_lines().filter(pl.col("sex_restriction").is_not_null()).join(
-        patients, on="patient_id", how="inner")
+    lines = (inputs.drug_lines(since=inputs.start)
+             .filter(pl.col("sex_restriction").is_not_null())
+             .join(patients, on="patient_id", how="inner"))
     bad = pl.col("sex_restriction").is_not_null() & (pl.col("sex_restriction") != pl.col("sex"))
     return per_claim(lines.filter(bad), pl.col("amount"))
 
@@ -37,7 +42,7 @@ def sex_restriction(inputs: RuleInputs, params: NoParams) -> pl.LazyFrame:
 def age_restriction(inputs: RuleInputs, params: NoParams) -> pl.LazyFrame:
     """限年龄: patient's age on the service date outside ``[min_age, max_age]`` of the drug."""
     patients = inputs.table("patients").select("patient_id", "birth_date")
-    lines = (inputs.drug_lines()
+    lines = (inputs.drug_lines(since=inputs.start)
              .filter(pl.col("min_age").is_not_null() | pl.col("max_age").is_not_null())
              .join(patients, on="patient_id", how="inner")
              .with_columns(age_at(pl.col("birth_date"), pl.col("service_date")).alias("age")))
@@ -57,7 +62,8 @@ class IndicationParams(KindParams):
 def indication_restriction(inputs: RuleInputs, params: IndicationParams) -> pl.LazyFrame:
     """限适应症: a restricted drug category billed with a diagnosis outside its indications."""
     allowed = mapping_frame(params.allowed_diagnoses, "category", "prefix")
-    lines = inputs.drug_lines().filter(is_in("category", params.allowed_diagnoses))
+    lines = inputs.drug_lines(since=inputs.start).filter(
+        is_in("category", params.allowed_diagnoses))
     # One row per (line, allowed prefix); a line is fine when any prefix matches.
     judged = lines.join(allowed, on="category", how="inner").group_by("claim_id", "line_no").agg(
         pl.col("diagnosis_code").str.starts_with(pl.col("prefix")).any().alias("indicated"),
@@ -70,8 +76,9 @@ def indication_restriction(inputs: RuleInputs, params: IndicationParams) -> pl.L
 def facility_level_restriction(inputs: RuleInputs, params: NoParams) -> pl.LazyFrame:
     """限医疗机构级别: drug's ``restricted_level`` above the level of the billing facility."""
     facilities = inputs.table("facilities").select("facility_id", "level")
-    lines = inputs.drug_lines().filter(pl.col("restricted_level").is_not_null()).join(
-        facilities, on="facility_id", how="inner")
+    lines = (inputs.drug_lines(since=inputs.start)
+             .filter(pl.col("restricted_level").is_not_null())
+             .join(facilities, on="facility_id", how="inner"))
     bad = pl.col("restricted_level") > pl.col("level")
     return per_claim(lines.filter(bad), pl.col("amount"))
 
@@ -93,9 +100,9 @@ def care_setting_restriction(inputs: RuleInputs, params: CareSettingParams) -> p
     by_category = mapping_frame(params.allowed_settings_by_drug_category, "category", "allowed")
     columns = ["claim_id", "line_no", "service_date", "amount", "setting", "allowed"]
     restricted = pl.concat([
-        inputs.lines(list(params.allowed_settings_by_item_type))
+        inputs.lines(list(params.allowed_settings_by_item_type), since=inputs.start)
         .join(by_type, on="item_type", how="inner").select(columns),
-        inputs.drug_lines()
+        inputs.drug_lines(since=inputs.start)
         .filter(is_in("category", params.allowed_settings_by_drug_category))
         .join(by_category, on="category", how="inner").select(columns),
     ])
@@ -115,7 +122,7 @@ class CourseLimitParams(KindParams):
 def course_limit(inputs: RuleInputs, params: CourseLimitParams) -> pl.LazyFrame:
     """限支付疗程: ``days_supply`` above the category's payable course; the excess days pay."""
     limits = value_frame(params.max_days_by_category, "category", "max_days", pl.Float64)
-    lines = inputs.drug_lines().join(limits, on="category", how="inner")
+    lines = inputs.drug_lines(since=inputs.start).join(limits, on="category", how="inner")
     over = lines.filter(_days > pl.col("max_days"))
     return per_claim(over, pl.col("amount") * (_days - pl.col("max_days")) / _days)
 
@@ -130,7 +137,8 @@ class DoseParams(KindParams):
 def dose_over_label(inputs: RuleInputs, params: DoseParams) -> pl.LazyFrame:
     """超说明书用量: quantity above ``max_daily_units × days_supply``; the excess units pay."""
     label_max = pl.col("max_daily_units") * _days
-    over = inputs.drug_lines().filter(pl.col("quantity") > label_max * params.tolerance)
+    over = inputs.drug_lines(since=inputs.start).filter(
+        pl.col("quantity") > label_max * params.tolerance)
     return per_claim(over, (pl.col("quantity") - label_max) * pl.col("unit_price"))
 
 
@@ -153,13 +161,16 @@ def quantity_over_days_limit(inputs: RuleInputs, params: QuantityDaysParams) -> 
     shortest = min(params.ordinary_days, params.chronic_days,
                    params.emergency_days if params.emergency_departments else params.ordinary_days)
     # Most prescriptions are within every limit: drop them before joining patients, doctors.
-    lines = (inputs.drug_lines().filter(_days > shortest)
-             .join(patients, on="patient_id", how="inner")
-             .join(doctors, on="doctor_id", how="left"))
-    limit = (pl.when(is_in("department", params.emergency_departments))
-             .then(params.emergency_days)
-             .when(pl.col("chronic")).then(params.chronic_days)
-             .otherwise(params.ordinary_days).cast(pl.Float64))
+    lines = (inputs.drug_lines(since=inputs.start).filter(_days > shortest)
+             .join(patients, on="patient_id", how="inner"))
+    limit = pl.when(pl.col("chronic")).then(params.chronic_days)
+    if params.emergency_departments:
+        # Without emergency departments the doctors are not needed: one join less.
+        lines = lines.join(doctors, on="doctor_id", how="left")
+        limit = (pl.when(is_in("department", params.emergency_departments))
+                 .then(params.emergency_days)
+                 .when(pl.col("chronic")).then(params.chronic_days))
+    limit = limit.otherwise(params.ordinary_days).cast(pl.Float64)
     over = lines.with_columns(limit.alias("max_days")).filter(_days > pl.col("max_days"))
     return per_claim(over, pl.col("amount") * (_days - pl.col("max_days")) / _days)
 
@@ -173,6 +184,14 @@ class RefillParams(KindParams):
     tolerance_fraction: float = Field(0.0, ge=0, lt=1)
 
 
+def _judged_keys(start: date) -> pl.Expr:
+    """Boolean: the line's ``key_hash`` is also that of a line dated ``start`` or later.
+    Only those keys can have a refill inside the window; a scoring batch's history is
+    mostly other patients' and drugs' (a hash collision only keeps more lines)."""
+    return pl.col("key_hash").is_in(
+        pl.col("key_hash").filter(pl.col("service_date") >= start).implode())
+
+
 @register_kind("overlapping_refill", tables=_DRUG_TABLES, params=RefillParams)
 def overlapping_refill(inputs: RuleInputs, params: RefillParams) -> pl.LazyFrame:
     """重复开药: same patient and drug dispensed again before the earlier supply ran out.
@@ -184,12 +203,17 @@ def overlapping_refill(inputs: RuleInputs, params: RefillParams) -> pl.LazyFrame
     key = ["patient_id", "item_code"]
     same_key = (pl.col("patient_id") == pl.col("patient_id").shift(1)) & (
         pl.col("item_code") == pl.col("item_code").shift(1))
-    fills = (inputs.drug_lines()
+    fills = (inputs.drug_lines(columns=["claim_id", *key, "service_date", "days_supply",
+                                        "amount"])
              .select("claim_id", *key, "service_date", _days.alias("days"), "amount")
-             # Only a (patient, drug) with two or more lines can be refilled early; a 64-bit
-             # hash of the key finds them cheaply and sorts the groups together.
-             .with_columns(pl.struct(key).hash().alias("key_hash"))
-             .filter(pl.len().over("key_hash") > 1)
+             # A 64-bit hash of the key: finds the keys to judge cheaply and sorts the
+             # groups together.
+             .with_columns(pl.struct(key).hash().alias("key_hash")))
+    if inputs.start is not None:
+        # Its own filter: the count per key below then runs on the judged keys only.
+        fills = fills.filter(_judged_keys(inputs.start))
+    # Only a (patient, drug) with two or more lines can be refilled early.
+    fills = (fills.filter(pl.len().over("key_hash") > 1)
              .sort("key_hash", "service_date", "claim_id", maintain_order=True,
                    multithreaded=False)
              # One fill per (claim, drug): repeated lines inside a claim are duplicate_charge's

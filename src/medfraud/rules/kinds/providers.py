@@ -74,7 +74,11 @@ def doctor_off_duty(inputs: RuleInputs, params: OffDutyParams) -> pl.LazyFrame:
     claims = inputs.window_claims(["claim_id", "doctor_id", "facility_id", "setting",
                                    "service_date", "total_amount"]
                                   ).filter(is_in("setting", params.settings))
-    roster = inputs.table("duty_roster").select(
+    roster = inputs.table("duty_roster")
+    if inputs.start is not None:
+        # Only the window's days can match a window claim: a smaller join.
+        roster = roster.filter(pl.col("date") >= inputs.start)
+    roster = roster.select(
         "doctor_id", pl.col("date").alias("service_date"),
         pl.col("facility_id").alias("duty_facility"))
     home = inputs.table("doctors").select("doctor_id", pl.col("facility_id").alias("home_facility"))

@@ -132,7 +132,9 @@ class IdleStayParams(KindParams):
 def idle_stay(inputs: RuleInputs, params: IdleStayParams) -> pl.LazyFrame:
     """挂床 (空床日): a stay billing bed days with treatment on few of them.  At stake: the bed
     charge of the untreated days, ``bed amount × (1 − treatment units / bed days)``."""
-    per_stay = (inputs.lines(["bed", "treatment"]).filter(pl.col("setting") == "inpatient")
+    # A stay's own lines decide: the window's lines suffice.
+    per_stay = (inputs.lines(["bed", "treatment"], since=inputs.start)
+                .filter(pl.col("setting") == "inpatient")
                 .group_by("claim_id").agg(
                     pl.col("service_date").first(),
                     pl.col("quantity").filter(pl.col("item_type") == "bed").sum().alias("bed_days"),
