@@ -260,8 +260,8 @@ def test_multi_worker_server_scores_like_one_process(exported, claims_json, clie
 
 def test_batcher_gathers_the_requests_it_expects_and_a_lone_one_does_not_wait():
     """After a batch of n requests the next batch waits (up to gather_seconds) for n, so
-    closed-loop clients stay one group; the wait ends early after a pause in arrivals, and
-    a lone client, expecting only itself, never waits."""
+    closed-loop clients stay one group; the wait ends early after a pause in arrivals (once
+    any arrived), and a lone client, expecting only itself, never waits."""
     from datetime import date
 
     from medfraud.serve.app import GATHER_GAP_SECONDS, MicroBatcher, _Job
@@ -279,12 +279,13 @@ def test_batcher_gathers_the_requests_it_expects_and_a_lone_one_does_not_wait():
             await asyncio.sleep(delay)
             await batcher._queue.put(job(k))
 
-        async def batch(expected: int, delays: list[float]) -> tuple[int, float]:
+        async def batch(expected: int, delays: list[float], held_over: bool = False
+                        ) -> tuple[int, float]:
             batcher._expected = expected
             arrivals = [asyncio.create_task(arrive(k, d)) for k, d in enumerate(delays)]
             batcher._held.append(await batcher._queue.get())
             start = loop.time()
-            await batcher._gather()
+            await batcher._gather(last_arrival=None if held_over else start)
             waited = loop.time() - start
             size = len(batcher._take())
             await asyncio.gather(*arrivals)
@@ -296,9 +297,14 @@ def test_batcher_gathers_the_requests_it_expects_and_a_lone_one_does_not_wait():
         gap = GATHER_GAP_SECONDS
         return [await batch(3, [0.0, gap / 4, gap / 2]),  # closed loop: all three together
                 await batch(3, [0.0, 20 * gap]),  # a pause: stop waiting after the gap
-                await batch(1, [0.0])]  # a lone client
+                await batch(1, [0.0]),  # a lone client
+                # A job held over from the last batch waits for the clients just answered,
+                # which come back later than the gap.
+                await batch(3, [0.0, 2 * gap, 2.2 * gap], held_over=True)]
 
-    (together, _), (alone, waited_pause), (lone, waited_lone) = asyncio.run(scenario())
+    results = asyncio.run(scenario())
+    (together, _), (alone, waited_pause), (lone, waited_lone), (rejoined, _) = results
     assert together == 3
     assert alone == 1 and waited_pause < 10 * GATHER_GAP_SECONDS
     assert lone == 1 and waited_lone < GATHER_GAP_SECONDS
+    assert rejoined == 3

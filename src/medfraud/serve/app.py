@@ -317,19 +317,23 @@ class MicroBatcher:
             size += len(job.claim_ids)
         return batch
 
-    async def _gather(self) -> None:
-        """Move queued jobs to the held list until ``_expected`` are held, no job has come
-        for ``GATHER_GAP_SECONDS`` or ``gather_seconds`` have passed."""
+    async def _gather(self, last_arrival: float | None) -> None:
+        """Move queued jobs to the held list until ``_expected`` are held, ``gather_seconds``
+        have passed or, once jobs arrive (``last_arrival``: the loop time of the latest, None
+        if none yet), none has come for ``GATHER_GAP_SECONDS``.
+
+        Jobs held over from the last batch do not start the gap: the clients just answered
+        need a few milliseconds to send their next requests.
+        """
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline, last_arrival = now + self.gather_seconds, now
+        deadline = loop.time() + self.gather_seconds
         while True:
             while not self._queue.empty():
                 self._held.append(self._queue.get_nowait())
                 last_arrival = loop.time()
             now = loop.time()
             if (len(self._held) >= self._expected or now >= deadline
-                    or now - last_arrival >= GATHER_GAP_SECONDS):
+                    or (last_arrival is not None and now - last_arrival >= GATHER_GAP_SECONDS)):
                 return
             # Polling, not wait_for(queue.get()): a get cancelled by its timeout just as an
             # item arrives could lose that request.
@@ -338,9 +342,11 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            last_arrival = None
             if not self._held:
                 self._held.append(await self._queue.get())
-            await self._gather()
+                last_arrival = loop.time()
+            await self._gather(last_arrival)
             batch = self._take()
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(batch))
@@ -349,8 +355,10 @@ class MicroBatcher:
             except Exception as exc:  # never let the worker die: fail this batch's requests
                 log.exception("scoring batch failed")
                 results = [exc] * len(batch)
-            # The clients answered now are the ones likely to send the next requests.
-            self._expected = len(batch)
+            # The clients answered now are likely to send their next requests soon: the
+            # next batch waits for them and for those already waiting, so that two groups
+            # of clients alternating between batches merge into one.
+            self._expected = len(batch) + len(self._held) + self._queue.qsize()
             for job, result in zip(batch, results):
                 if job.future.done():
                     continue
