@@ -272,7 +272,8 @@ def test_batcher_gathers_the_requests_it_expects_and_a_lone_one_does_not_wait():
         loop = asyncio.get_running_loop()
 
         def job(k: int) -> _Job:
-            return _Job([], frozenset({f"P{k}"}), frozenset({(f"D{k}", date(2024, 5, 1))}),
+            return _Job([], frozenset({f"P{k}"}),
+                        {(f"D{k}", date(2024, 5, 1)): frozenset({("F1", "outpatient")})},
                         frozenset({f"C{k}"}), frozenset(), loop.create_future())
 
         async def arrive(k: int, delay: float) -> None:
@@ -308,3 +309,64 @@ def test_batcher_gathers_the_requests_it_expects_and_a_lone_one_does_not_wait():
     assert alone == 1 and waited_pause < 10 * GATHER_GAP_SECONDS
     assert lone == 1 and waited_lone < GATHER_GAP_SECONDS
     assert rejoined == 3
+
+
+def test_jobs_of_one_doctor_day_share_a_batch_only_at_the_same_places():
+    """A doctor's claims of one day couple through the number of facilities (in the settings
+    a rule judges) the doctor bills at that day: requests at the same (facility, setting)
+    pairs may share a batch, others wait for the next one."""
+    from datetime import date
+
+    from medfraud.serve.app import MicroBatcher, _Job
+
+    day = date(2024, 5, 1)
+
+    def job(k: int, doctor: str, when: date, *places: tuple[str, str]) -> _Job:
+        return _Job([], frozenset({f"P{k}"}), {(doctor, when): frozenset(places)},
+                    frozenset({f"C{k}"}), frozenset(), None)
+
+    batcher = MicroBatcher(pipeline=None)
+    batcher._queue = asyncio.Queue()
+    jobs = [job(0, "D1", day, ("F1", "outpatient")),
+            job(1, "D1", day, ("F1", "outpatient")),  # same places: together
+            job(2, "D1", day, ("F2", "outpatient")),  # another facility: held
+            job(3, "D1", day, ("F1", "inpatient")),  # another setting: held
+            job(4, "D1", day, ("F1", "outpatient"), ("F2", "outpatient")),  # more places: held
+            job(5, "D1", date(2024, 5, 2), ("F2", "outpatient")),  # another day: together
+            job(6, "D2", day, ("F2", "outpatient"))]  # another doctor: together
+    batcher._held = list(jobs)
+    taken = batcher._take()
+    assert [j.claim_ids for j in taken] == [jobs[i].claim_ids for i in (0, 1, 5, 6)]
+    assert [j.claim_ids for j in batcher._held] == [jobs[i].claim_ids for i in (2, 3, 4)]
+
+
+def test_claims_of_one_doctor_day_and_facility_are_batched_without_crosstalk(app, claims_json):
+    """Two claims of one doctor, day, facility and setting (different patients) share a
+    batch and score as they do alone."""
+    groups: dict[tuple, list[dict]] = {}
+    for claim in claims_json:
+        if claim["drg_weight"] is None:
+            key = (claim["doctor_id"], claim["service_date"], claim["facility_id"], claim["setting"])
+            groups.setdefault(key, []).append(claim)
+    pair = next((g[:2] for g in groups.values()
+                 if len(g) >= 2 and g[0]["patient_id"] != g[1]["patient_id"]), None)
+    assert pair is not None, "the held-out claims hold no doctor-day with two claims at one place"
+    with TestClient(app) as c:
+        alone = {claim["claim_id"]: c.post("/score", json={"claims": [claim]}).json()["scores"][0]
+                 for claim in pair}
+
+    async def burst():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
+            async with app.router.lifespan_context(app):
+                return await asyncio.gather(*[ac.post("/score", json={"claims": [c]})
+                                              for c in pair * 4])
+
+    batcher = app.state.batcher
+    batcher.largest_batch = 0
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    assert batcher.largest_batch == 2
+    for r in responses:
+        s = r.json()["scores"][0]
+        assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
+        assert s["reasons"] == alone[s["claim_id"]]["reasons"]

@@ -15,11 +15,12 @@ of them (the per-call cost of building features and evaluating rules is mostly f
 batch waits a few milliseconds for as many requests as the previous one held, so clients
 that send a request as soon as their last is answered are answered together instead of in
 two alternating groups.
-Two requests sharing a patient, a doctor on the same service date or, for DRG-grouped stays,
-a diagnosis are never put in the same batch, so a request's scores do not depend on other
-traffic (claim features and claim rules relate a claim to other claims of its patient, to the
-claims of its doctor on the same day, and the DRG upcoding rule to the stays of its
-diagnosis).
+Two requests sharing a patient, a doctor on the same service date (unless both bill that
+day at the same facilities in the same settings) or, for DRG-grouped stays, a diagnosis are
+never put in the same batch, so a request's scores do not depend on other traffic (claim
+features and claim rules relate a claim to other claims of its patient, to the number of
+facilities its doctor bills at that day -- among all claims, or among the settings a rule
+judges -- and the DRG upcoding rule to the stays of its diagnosis).
 """
 
 from __future__ import annotations
@@ -216,10 +217,19 @@ def request_rows(requests: list[list[ClaimIn]]) -> pl.DataFrame:
 class _Job:
     claims: list[ClaimIn]
     patients: frozenset[str]
-    doctor_days: frozenset[tuple[str, date]]
+    # (doctor, date) -> the (facility, setting) pairs of the job's claims on that day
+    doctor_days: dict[tuple[str, date], frozenset[tuple[str, str]]]
     claim_ids: frozenset[str]
     drg_diagnoses: frozenset[str]
     future: asyncio.Future = field(repr=False)
+
+
+def _doctor_days(claims: list[ClaimIn]) -> dict[tuple[str, date], frozenset[tuple[str, str]]]:
+    """(doctor, date) -> (facility, setting) pairs of the claims on that day."""
+    days: dict[tuple[str, date], set[tuple[str, str]]] = {}
+    for c in claims:
+        days.setdefault((c.doctor_id, c.service_date), set()).add((c.facility_id, c.setting))
+    return {day: frozenset(places) for day, places in days.items()}
 
 
 class RequestProblems(Exception):
@@ -284,7 +294,7 @@ class MicroBatcher:
             await self.start()
         job = _Job(claims,
                    frozenset(c.patient_id for c in claims),
-                   frozenset((c.doctor_id, c.service_date) for c in claims),
+                   _doctor_days(claims),
                    frozenset(c.claim_id for c in claims),
                    frozenset(c.diagnosis_code for c in claims if c.drg_weight is not None),
                    asyncio.get_running_loop().create_future())
@@ -299,19 +309,21 @@ class MicroBatcher:
             candidates.append(self._queue.get_nowait())
         batch: list[_Job] = []
         patients: set[str] = set()
-        doctor_days: set[tuple[str, date]] = set()
+        doctor_days: dict[tuple[str, date], frozenset[tuple[str, str]]] = {}
         claim_ids: set[str] = set()
         diagnoses: set[str] = set()
         size = 0
         for job in candidates:
-            overlaps = (job.patients & patients or job.doctor_days & doctor_days
-                        or job.claim_ids & claim_ids or job.drg_diagnoses & diagnoses)
+            overlaps = (job.patients & patients or job.claim_ids & claim_ids
+                        or job.drg_diagnoses & diagnoses
+                        or any(doctor_days.get(day, places) != places
+                               for day, places in job.doctor_days.items()))
             if batch and (overlaps or size + len(job.claim_ids) > self.max_claims):
                 self._held.append(job)
                 continue
             batch.append(job)
             patients |= job.patients
-            doctor_days |= job.doctor_days
+            doctor_days.update(job.doctor_days)
             claim_ids |= job.claim_ids
             diagnoses |= job.drg_diagnoses
             size += len(job.claim_ids)
