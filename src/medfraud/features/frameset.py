@@ -56,4 +56,6 @@ class FeatureSet:
     def matrix(self, level: str, columns: list[str] | None = None) -> np.ndarray:
         """Feature matrix of ``level``, shape (n, d), float64 with NaN for missing values."""
         cols = columns if columns is not None else self.columns[level]
-        return self.frame(level).select(cols).cast(pl.Float64).to_numpy()
+        # One select casting in place (a select then a cast is two queries: on a REST call's
+        # few rows the second one doubled the cost).
+        return self.frame(level).select(pl.col(cols).cast(pl.Float64)).to_numpy()
