@@ -21,7 +21,13 @@ from medfraud.features.claims import (
     fit_claim_reference,
 )
 from medfraud.features.claims import sort_by_column as _sort_by_column
-from medfraud.features.entities import ENTITY_FEATURES, ENTITY_LEVELS, entity_features
+from medfraud.features.entities import (
+    ENTITY_FEATURES,
+    ENTITY_LEVELS,
+    KEY_COLUMN,
+    entity_features,
+    entity_keys,
+)
 from medfraud.features.frameset import FeatureSet
 from medfraud.features.graph_tabular import GRAPH_FEATURES, graph_features
 from medfraud.features.peers import PEER_FEATURES, peer_deviation
@@ -38,11 +44,17 @@ def feature_columns(level: str) -> list[str]:
     return (ENTITY_FEATURES[level] + GRAPH_FEATURES[level] + PEER_FEATURES.get(level, []))
 
 
-def _entity_stage(claims: pl.LazyFrame, tables: Tables, window, levels, params):
-    """Entity + graph frames (lazy) for ``levels`` from a lazy claim frame."""
-    entity = entity_features(claims, tables, window, levels)
-    graph = graph_features(claims, params, levels)
-    return {lvl: entity[lvl].join(graph[lvl], on=LEVEL_ID[lvl], how="left") for lvl in levels}
+def _entity_stage(claims: pl.DataFrame, tables: Tables, window, levels, params):
+    """Entity + graph frames (lazy) for ``levels`` from the claim frame.
+
+    Both group by integer keys of the ids (:func:`entity_keys`) and join on them; the keys
+    are dropped once the id columns are attached.
+    """
+    keyed, ids = entity_keys(claims)
+    entity = entity_features(keyed, tables, window, levels, ids)
+    graph = graph_features(keyed, params, levels, ids)
+    return {lvl: entity[lvl].join(graph[lvl], on=KEY_COLUMN[lvl], how="left")
+            .drop(KEY_COLUMN[lvl]) for lvl in levels}
 
 
 def _collect(frames: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
@@ -119,7 +131,7 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
     if entity_levels:
         # Entity and graph aggregates are collected before the peer step: peer statistics
         # join each frame with itself many times, which is cheap on materialised frames.
-        collected = _collect(_entity_stage(claims.lazy(), tables, window, entity_levels, params))
+        collected = _collect(_entity_stage(claims, tables, window, entity_levels, params))
         peer_levels = tuple(lvl for lvl in entity_levels if lvl != "patient")
         if peer_levels:
             if reference_window == window:
@@ -127,7 +139,7 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
             else:
                 ref_claims = claim_features(tables, reference_window, reference_window,
                                             params, claim_reference)
-                reference = _collect(_entity_stage(ref_claims.lazy(), tables, reference_window,
+                reference = _collect(_entity_stage(ref_claims, tables, reference_window,
                                                    peer_levels, params))
             collected = _collect(peer_deviation(
                 {lvl: f.lazy() for lvl, f in collected.items()},

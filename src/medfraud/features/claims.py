@@ -103,9 +103,10 @@ def _claim_key(claims: pl.LazyFrame | pl.DataFrame) -> pl.Expr:
     return pl.col("claim_id")
 
 
-def _claims_base(tables: Tables, window: Window) -> pl.LazyFrame:
-    """Claims in ``window`` joined with the patient, doctor and facility attributes used below
-    and the duty roster's facility of the doctor that day (``_roster_facility``).
+def _claims_base(tables: Tables, window: Window, attributes: bool = True) -> pl.LazyFrame:
+    """Claims in ``window`` joined with the duty roster's facility of the doctor that day
+    (``_roster_facility``) and, with ``attributes``, the patient, doctor and facility
+    attributes used below (:func:`_join_attributes`).
 
     The roster grows with the doctors: joined here, in the one pass that splits the claims
     into partitions, instead of once per partition.  Its key (doctor_id, date) is unique in
@@ -113,27 +114,45 @@ def _claims_base(tables: Tables, window: Window) -> pl.LazyFrame:
     """
     roster = tables.duty_roster.select(pl.col("doctor_id"), pl.col("date").alias("service_date"),
                                        pl.col("facility_id").alias("_roster_facility"))
-    patients = tables.patients.select("patient_id", "sex", "birth_date", "death_date", "chronic")
+    base = (tables.claims.filter(in_window("service_date", window))
+            .join(roster, on=["doctor_id", "service_date"], how="left"))
+    return _join_attributes(tables, base) if attributes else base
+
+
+def _patient_attributes(tables: Tables) -> pl.LazyFrame:
+    return tables.patients.select("patient_id", "sex", "birth_date", "death_date", "chronic")
+
+
+def _join_attributes(tables: Tables, claims: pl.LazyFrame,
+                     patients: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """``claims`` with the patient (``patients``: :func:`_patient_attributes` rows, default
+    the whole registry), doctor and facility attributes the features use.
+
+    In a partitioned build these joins run inside each partition, on its own patients (the
+    registry is split with the claims: same patient hash) and on the small doctor and
+    facility tables: string joins on a partition's rows in memory cost less than in the
+    streaming pass that splits the whole window, and less is written and read back.
+    """
+    patients = _patient_attributes(tables) if patients is None else patients
     doctors = tables.doctors.select("doctor_id", pl.col("department").str.to_lowercase()
                                     .alias("_department"))
     facilities = tables.facilities.select("facility_id", pl.col("level").alias("_fac_level"))
-    return (
-        tables.claims.filter(in_window("service_date", window))
-        .join(patients, on="patient_id", how="left")
-        .join(doctors, on="doctor_id", how="left")
-        .join(facilities, on="facility_id", how="left")
-        .join(roster, on=["doctor_id", "service_date"], how="left")
-    )
+    return (claims.join(patients, on="patient_id", how="left")
+            .join(doctors, on="doctor_id", how="left")
+            .join(facilities, on="facility_id", how="left"))
 
 
 def _lines_base(tables: Tables, claims: pl.DataFrame, params: FeatureParams,
-                raw_lines: pl.LazyFrame | None = None) -> pl.LazyFrame:
+                raw_lines: pl.LazyFrame | None = None,
+                line_key: pl.Expr | None = None) -> pl.LazyFrame:
     """Lines of ``claims`` with claim context and, for drug lines, the catalogue attributes.
 
     ``claims`` : a claim frame from :func:`_keyed_claims` (``_cidx``, ``_pkey``).
     ``raw_lines`` : claim_lines rows to read (default the whole table); a partition passes
     its own lines.  The line's claim_id is replaced by the claim's ``_cidx`` and ``_pkey``
     (every later group-by, sort and join of lines uses these integers).
+    ``line_key`` : None, or the :func:`_claim_key` expression the lines of ``raw_lines``
+    were already keyed with (their ``_ckey`` column, in place of claim_id and unit_price).
     """
     raw_lines = tables.claim_lines if raw_lines is None else raw_lines
     price = pl.col("unit_price")
@@ -143,13 +162,15 @@ def _lines_base(tables: Tables, claims: pl.DataFrame, params: FeatureParams,
         # The catalogue quantile broadcast in the same select (no cross join).
         (price > price.quantile(params.high_value_quantile)).alias("_high_value"),
     )
-    key = _claim_key(claims)
+    key = _claim_key(claims) if line_key is None else line_key
     context = claims.lazy().select(key.alias("_ckey"), "_cidx", "_pkey", "service_date",
                                    "sex", "birth_date", "chronic", "_department",
                                    "_fac_level")
+    if line_key is None:
+        raw_lines = raw_lines.drop("unit_price").with_columns(key.alias("_ckey")) \
+            .drop("claim_id")
     return (
-        raw_lines.drop("unit_price").with_columns(key.alias("_ckey"))
-        .join(context, on="_ckey", how="inner").drop("claim_id", "_ckey")
+        raw_lines.join(context, on="_ckey", how="inner").drop("_ckey")
         .join(drugs, on="item_code", how="left")
         .with_columns((pl.col("item_type") == "drug").alias("_is_drug"))
     )
@@ -539,10 +560,10 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
         (pl.col("claim_id") >= pl.col("claim_id").shift(1)).all()
     ).collect(engine="streaming").item()
     with tempfile.TemporaryDirectory(prefix="medfraud-features-") as tmp:
-        sources = _spill_partitions(tables, window, n_parts, Path(tmp))
-        parts = [_claim_partition(tables, claims, lines, params, stats, doctor_day,
-                                  ordered=False)
-                 for claims, lines in sources]
+        sources, line_key = _spill_partitions(tables, window, n_parts, Path(tmp))
+        parts = [_claim_partition(tables, _join_attributes(tables, claims, patients), lines,
+                                  params, stats, doctor_day, ordered=False, line_key=line_key)
+                 for claims, lines, patients in sources]
     frame = pl.concat(parts, how="vertical", rechunk=False)
     del parts
     if scan_sorted:
@@ -566,25 +587,35 @@ def sort_by_column(frame: pl.DataFrame, key: str) -> pl.DataFrame:
 
 
 def _spill_partitions(tables: Tables, window: Window, n_parts: int, folder: Path
-                      ) -> list[tuple[pl.LazyFrame, pl.LazyFrame]]:
-    """Split the claim base and the claim lines of ``window`` into ``n_parts`` patient
-    partitions (:func:`medfraud.dataset.spill_partitions`).
+                      ) -> tuple[list[tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]], pl.Expr]:
+    """Split the claims of ``window`` (with their roster facility), their claim lines and
+    the patient registry into ``n_parts`` patient partitions
+    (:func:`medfraud.dataset.spill_partitions`).
+
+    Lines are written with the claim key ``_ckey`` (:func:`_claim_key` of the window, exact)
+    in place of claim_id, and without unit_price (unused): less to write and read back, and
+    no string hashing per partition.  Patients are split by the same patient hash, so each
+    partition joins its claims with its own patients.
 
     Returns
     -------
-    One (claims base, raw claim lines) pair of lazy scans per non-empty partition.
+    (one (claims base, lines, patient attributes) triple of lazy scans per non-empty
+    partition, the claim key expression of the lines).
     """
     part = patient_partition(n_parts)
     window_claims = tables.claims.filter(in_window("service_date", window))
     key = _claim_key(window_claims.select("claim_id"))
     owners = window_claims.select(key.alias("_ckey"), part)
     frames = {
-        "claims": _claims_base(tables, window).with_row_index("_row").with_columns(part),
-        "lines": tables.claim_lines.with_columns(key.alias("_ckey"))
-        .join(owners, on="_ckey", how="inner").drop("_ckey"),
+        "claims": _claims_base(tables, window, attributes=False).with_row_index("_row")
+        .with_columns(part),
+        "lines": tables.claim_lines.drop("unit_price").with_columns(key.alias("_ckey"))
+        .drop("claim_id").join(owners, on="_ckey", how="inner"),
+        "patients": _patient_attributes(tables).with_columns(part),
     }
-    return [(scans["claims"], scans["lines"])
-            for scans in spill_partitions(frames, n_parts, folder)]
+    sources = [(scans["claims"], scans["lines"], scans["patients"])
+               for scans in spill_partitions(frames, n_parts, folder)]
+    return sources, key
 
 
 def _injective_key(frame: pl.DataFrame, column: str, key: str) -> pl.DataFrame:
@@ -615,7 +646,8 @@ def _keyed_claims(claims_base: pl.LazyFrame, max_claims: int | None = None) -> p
 def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.LazyFrame,
                      params: FeatureParams, stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]],
                      doctor_day: pl.DataFrame | None, ordered: bool = True,
-                     max_claims: int | None = None) -> pl.DataFrame:
+                     max_claims: int | None = None,
+                     line_key: pl.Expr | None = None) -> pl.DataFrame:
     """Claim features of the claims of ``claims_base`` (one patient partition, or the whole
     window), whose lines are among ``raw_lines``; see :func:`claim_features`.
 
@@ -624,12 +656,14 @@ def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.La
     ``ordered`` : return the rows in claim_id order (else in no particular order, for
     partitions that are sorted together afterwards).
     ``max_claims`` : a bound on the claims of ``claims_base`` (None: unknown).
+    ``line_key`` : see :func:`_lines_base` (spilled lines are keyed already).
     """
     # The joined claim and line bases feed several branches; materialising them once is
     # cheaper than relying on common-subplan elimination across all of them.
     claims_df = _keyed_claims(claims_base, max_claims)
     optimizations = _plan_optimizations(claims_df.height)
-    lines: pl.DataFrame | pl.LazyFrame = _lines_base(tables, claims_df, params, raw_lines)
+    lines: pl.DataFrame | pl.LazyFrame = _lines_base(tables, claims_df, params, raw_lines,
+                                                             line_key)
     if claims_df.height <= FEW_CLAIMS:
         # Few claims: the lines stay in the claim plan (one collect fewer), keyed by
         # item_code itself (exact, like the hash fallback; no collected column to check).

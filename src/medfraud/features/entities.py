@@ -8,9 +8,11 @@ pharmacy inventory balance (进销存).  Input is the lazy claim-level frame of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 
 import polars as pl
 
+from medfraud.dataset import PARTITION_SEED
 from medfraud.features._common import Tables, Window
 from medfraud.schema import LEVEL_ID
 
@@ -38,46 +40,121 @@ ENTITY_FEATURES = {
 }
 
 
+# Column of the claim frame holding the group-by key of each entity level (see entity_keys).
+KEY_COLUMN = {"patient": "_key_patient", "doctor": "_key_doctor", "pharmacy": "_key_pharmacy",
+              "facility": "_key_facility"}
+
+
+def entity_keys(claims: pl.DataFrame) -> tuple[pl.LazyFrame, dict[str, pl.DataFrame | None]]:
+    """``claims`` with the entity key columns ``KEY_COLUMN[level]`` (every entity level).
+
+    A key is the 64-bit hash of the level's id (null where the id is null) when the hashes
+    of the distinct ids are all distinct, else the id itself (odds ~n²/2^65), so the
+    features stay exact: the entity group-bys, n_unique counts and joins then run on
+    integers instead of strings (hashing and joining strings is most of their cost).
+
+    Returns
+    -------
+    (lazy ``claims`` with the key columns: each query computes only the keys it reads,
+    never all four over the whole claim frame at once, which would add 32 bytes a claim to
+    the peak memory of a build; level -> DataFrame of (key, id) for every distinct non-null
+    id, or None where the key is the id itself).
+    """
+    keys, ids = [], {}
+    for level, key in KEY_COLUMN.items():
+        id_col = LEVEL_ID[level]
+        distinct = claims.get_column(id_col).drop_nulls().unique()
+        hashed = distinct.hash(PARTITION_SEED)
+        if _all_distinct(hashed):
+            ids[level] = pl.DataFrame([hashed.alias(key), distinct])
+            keys.append(pl.when(pl.col(id_col).is_not_null())
+                        .then(pl.col(id_col).hash(PARTITION_SEED)).alias(key))
+        else:
+            ids[level] = None
+            keys.append(pl.col(id_col).alias(key))
+    return claims.lazy().with_columns(keys), ids
+
+
+def _all_distinct(hashes: pl.Series) -> bool:
+    """True when ``hashes`` (of distinct ids) are all distinct: the hash is then injective."""
+    return hashes.n_unique() == hashes.len()
+
+
+def key_column(level: str, ids: Mapping[str, pl.DataFrame | None] | None) -> str:
+    """Group-by column of ``level``: its key column when ``ids`` (from :func:`entity_keys`)
+    is given, else the id column."""
+    return LEVEL_ID[level] if ids is None else KEY_COLUMN[level]
+
+
+def attach_ids(frame: pl.LazyFrame, level: str,
+               ids: Mapping[str, pl.DataFrame | None] | None) -> pl.LazyFrame:
+    """Add the id column of ``level`` to ``frame`` keyed by :func:`key_column` (no-op when
+    the key is the id)."""
+    if ids is None:
+        return frame
+    if ids[level] is None:
+        return frame.with_columns(pl.col(KEY_COLUMN[level]).alias(LEVEL_ID[level]))
+    return frame.join(ids[level].lazy(), on=KEY_COLUMN[level], how="left")
+
+
 def _share(flag: pl.Expr) -> pl.Expr:
     return flag.cast(pl.Float64).mean()
 
 
-def _window_aggregates(claims: pl.LazyFrame, id_col: str) -> pl.LazyFrame:
+def _window_aggregates(claims: pl.LazyFrame, id_col: str, *extra: pl.Expr) -> pl.LazyFrame:
+    """Whole-window aggregates by ``id_col`` (plus the aggregations ``extra``).
+
+    The per-claim flags and filtered values are computed before the group-by and the ratios
+    after it, so every aggregation is a plain column reduction (measured about as fast as
+    the nested form on polars 2.1; the cost is the ~30 reductions over every claim).
+    """
     amount = pl.col("total_amount")
-    inpatient = pl.col("is_inpatient").sum()
-    drg = pl.col("drg_weight").filter(pl.col("drg_weight") > 0)
     restriction = (pl.col("sex_restriction_hits") + pl.col("age_restriction_hits")
                    + pl.col("level_restriction_hits")) > 0
-    return claims.group_by(id_col).agg(
+    flags = {
+        "weekend_share": pl.col("weekend"),
+        "night_share": pl.col("night"),
+        "cross_region_share": pl.col("cross_region"),
+        "inpatient_share": pl.col("is_inpatient"),
+        "dose_over_share": pl.col("dose_ratio_max") > 1,
+        "days_over_limit_share": pl.col("days_over_limit_max") > 0,
+        "restriction_hit_share": restriction,
+        "dup_line_share": (pl.col("dup_lines_in_claim") + pl.col("dup_lines_across_claims")) > 0,
+        "off_duty_share": pl.col("doctor_on_duty") == 0,
+        "during_stay_share": pl.col("during_inpatient_stay") > 0,
+    }
+    sums = ["total_amount", "fund_paid", "_drug_amount", "_high_value_amount", "n_drug_lines",
+            "n_refill_overlap_lines", "is_inpatient", "readmitted_within_limit"]
+    extra_inputs = sorted({name for e in extra for name in e.meta.root_names()}
+                          - {id_col, *sums, "amount_dx_z", "service_date"})
+    per_claim = claims.select(
+        id_col, *sums, "amount_dx_z", "service_date", *extra_inputs,
+        *[flag.cast(pl.Float64).alias(name) for name, flag in flags.items()],
+        pl.when(pl.col("drg_weight") > 0).then(pl.col("drg_weight")).alias("_drg"),
+        (pl.col("days_after_death") > 0).alias("_after_death"),
+    )
+
+    def ratio(numerator: str, denominator: str) -> pl.Expr:
+        return (pl.when(pl.col(denominator) > 0).then(pl.col(numerator) / pl.col(denominator))
+                .otherwise(0.0))
+
+    return per_claim.group_by(id_col).agg(
         pl.len().alias("n_claims"),
-        amount.sum().alias("amount_sum"),
+        *[pl.col(c).sum().alias(f"_sum{c}") for c in sums],
         amount.mean().alias("amount_mean"),
         amount.max().alias("amount_max"),
-        pl.when(amount.sum() > 0).then(pl.col("fund_paid").sum() / amount.sum()).otherwise(0.0)
-        .alias("fund_share"),
-        pl.when(pl.col("_drug_amount").sum() > 0)
-        .then(pl.col("_high_value_amount").sum() / pl.col("_drug_amount").sum()).otherwise(0.0)
-        .alias("high_value_share"),
-        _share(pl.col("weekend")).alias("weekend_share"),
-        _share(pl.col("night")).alias("night_share"),
-        pl.when(pl.col("n_drug_lines").sum() > 0)
-        .then(pl.col("n_refill_overlap_lines").sum() / pl.col("n_drug_lines").sum())
-        .otherwise(0.0).alias("refill_overlap_ratio"),
-        _share(pl.col("cross_region")).alias("cross_region_share"),
-        _share(pl.col("is_inpatient")).alias("inpatient_share"),
-        pl.when(inpatient > 0).then(pl.col("readmitted_within_limit").sum() / inpatient)
-        .otherwise(0.0).alias("readmission_rate"),
-        drg.mean().fill_null(0.0).alias("drg_weight_mean"),
+        *[pl.col(name).mean() for name in flags],
+        pl.col("_drg").mean().fill_null(0.0).alias("drg_weight_mean"),
         pl.col("amount_dx_z").mean().alias("amount_dx_z_mean"),
-        _share(pl.col("dose_ratio_max") > 1).alias("dose_over_share"),
-        _share(pl.col("days_over_limit_max") > 0).alias("days_over_limit_share"),
-        _share(restriction).alias("restriction_hit_share"),
-        _share((pl.col("dup_lines_in_claim") + pl.col("dup_lines_across_claims")) > 0)
-        .alias("dup_line_share"),
-        _share(pl.col("doctor_on_duty") == 0).alias("off_duty_share"),
-        _share(pl.col("during_inpatient_stay") > 0).alias("during_stay_share"),
-        (pl.col("days_after_death") > 0).sum().alias("after_death_claims"),
+        pl.col("_after_death").sum().alias("after_death_claims"),
         pl.col("service_date").n_unique().alias("n_active_days"),
+        *extra,
+    ).with_columns(
+        pl.col("_sumtotal_amount").alias("amount_sum"),
+        ratio("_sumfund_paid", "_sumtotal_amount").alias("fund_share"),
+        ratio("_sum_high_value_amount", "_sum_drug_amount").alias("high_value_share"),
+        ratio("_sumn_refill_overlap_lines", "_sumn_drug_lines").alias("refill_overlap_ratio"),
+        ratio("_sumreadmitted_within_limit", "_sumis_inpatient").alias("readmission_rate"),
     )
 
 
@@ -95,30 +172,32 @@ def _monthly_aggregates(claims: pl.LazyFrame, id_col: str) -> pl.LazyFrame:
     )
 
 
-def _patient_extras(claims: pl.LazyFrame) -> pl.LazyFrame:
-    per_pharmacy_month = (
+# Patient aggregates computed in the same group-by as the window aggregates.
+_PATIENT_DAY_AGGS = (
+    pl.col("card_facilities_same_day").max().alias("max_facilities_one_day"),
+    pl.col("card_regions_same_day").max().alias("max_regions_one_day"),
+    pl.col("service_date").min().alias("_first"),
+)
+
+
+def _max_claims_one_pharmacy_month(claims: pl.LazyFrame, key: str) -> pl.LazyFrame:
+    return (
         claims.filter(pl.col("pharmacy_id").is_not_null())
-        .group_by("patient_id", "pharmacy_id", "_month").agg(pl.len().alias("_n"))
-        .group_by("patient_id").agg(pl.col("_n").max().alias("max_claims_one_pharmacy_month"))
+        .group_by(key, "pharmacy_id", "_month").agg(pl.len().alias("_n"))
+        .group_by(key).agg(pl.col("_n").max().alias("max_claims_one_pharmacy_month"))
     )
-    per_day = claims.group_by("patient_id").agg(
-        pl.col("card_facilities_same_day").max().alias("max_facilities_one_day"),
-        pl.col("card_regions_same_day").max().alias("max_regions_one_day"),
-    )
-    return per_day.join(per_pharmacy_month, on="patient_id", how="left")
 
 
-def _patient_identity(claims: pl.LazyFrame, tables: Tables) -> pl.LazyFrame:
-    """Age in years at the patient's first claim of the window, from the registry.
+def _patient_age(frame: pl.LazyFrame, tables: Tables) -> pl.LazyFrame:
+    """Age in years at the patient's first claim of the window (``_first``), from the registry.
 
     Identity checks need it: an age over ~105 or below 0 (born after the first claim) is an
     impossible registry record, the mark of an invented insured person.
     """
-    first = claims.group_by("patient_id").agg(pl.col("service_date").min().alias("_first"))
-    return first.join(tables.patients.select("patient_id", "birth_date"), on="patient_id",
-                      how="left").select(
-        "patient_id",
-        ((pl.col("_first") - pl.col("birth_date")).dt.total_days() / 365.25).alias("age_at_first_claim"))
+    return frame.join(tables.patients.select("patient_id", "birth_date"), on="patient_id",
+                      how="left").with_columns(
+        ((pl.col("_first") - pl.col("birth_date")).dt.total_days() / 365.25)
+        .alias("age_at_first_claim"))
 
 
 def inventory_features(tables: Tables, window: Window) -> pl.LazyFrame:
@@ -173,7 +252,9 @@ def inventory_features(tables: Tables, window: Window) -> pl.LazyFrame:
 
 
 def entity_features(claims: pl.LazyFrame, tables: Tables, window: Window,
-                    levels: tuple[str, ...] = ENTITY_LEVELS) -> dict[str, pl.LazyFrame]:
+                    levels: tuple[str, ...] = ENTITY_LEVELS,
+                    ids: Mapping[str, pl.DataFrame | None] | None = None
+                    ) -> dict[str, pl.LazyFrame]:
     """Lazy entity frames by level: id column + ``ENTITY_FEATURES[level]``.
 
     Parameters
@@ -182,6 +263,8 @@ def entity_features(claims: pl.LazyFrame, tables: Tables, window: Window,
     tables : data tables (for the pharmacy inventory).
     window : the window of ``claims`` (for the inventory balance date).
     levels : entity levels to build.
+    ids : from :func:`entity_keys` when ``claims`` holds its key columns: the aggregates
+        then group by the keys, and the frames also hold the key column.
 
     Returns
     -------
@@ -189,18 +272,23 @@ def entity_features(claims: pl.LazyFrame, tables: Tables, window: Window,
     """
     out = {}
     for level in levels:
-        id_col = LEVEL_ID[level]
-        own = claims.filter(pl.col(id_col).is_not_null())
-        frame = _window_aggregates(own, id_col).join(_monthly_aggregates(own, id_col),
-                                                     on=id_col, how="left")
+        id_col, key = LEVEL_ID[level], key_column(level, ids)
+        own = claims.filter(pl.col(key).is_not_null())
+        extra = _PATIENT_DAY_AGGS if level == "patient" else ()
+        frame = _window_aggregates(own, key, *extra).join(_monthly_aggregates(own, key),
+                                                          on=key, how="left")
         if level == "patient":
-            frame = (frame.join(_patient_extras(own), on=id_col, how="left")
-                     .join(_patient_identity(own, tables), on=id_col, how="left"))
+            frame = frame.join(_max_claims_one_pharmacy_month(own, key), on=key, how="left")
+        frame = attach_ids(frame, level, ids)
+        if level == "patient":
+            frame = _patient_age(frame, tables)
         if level == "pharmacy":
             frame = frame.join(inventory_features(tables, window), on=id_col, how="left")
         names = ENTITY_FEATURES[level]
-        out[level] = frame.select(id_col, *[pl.col(n).fill_null(0) for n in names])
+        keep = [] if key == id_col else [key]
+        out[level] = frame.select(id_col, *keep, *[pl.col(n).fill_null(0) for n in names])
     return out
 
 
-__all__ = ["ENTITY_FEATURES", "ENTITY_LEVELS", "entity_features", "inventory_features"]
+__all__ = ["ENTITY_FEATURES", "ENTITY_LEVELS", "KEY_COLUMN", "attach_ids", "entity_features",
+           "entity_keys", "inventory_features", "key_column"]

@@ -10,9 +10,12 @@ bipartite block).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import polars as pl
 
 from medfraud.features._common import FeatureParams
+from medfraud.features.entities import ENTITY_LEVELS, attach_ids, key_column
 from medfraud.schema import LEVEL_ID
 
 GRAPH_FEATURES = {
@@ -40,12 +43,15 @@ def hhi(claims: pl.LazyFrame, node: str, counterpart: str, name: str) -> pl.Lazy
     return counts.group_by(node).agg((share ** 2).sum().alias(name))
 
 
-def shared_patients(claims: pl.LazyFrame, params: FeatureParams) -> pl.LazyFrame:
+def shared_patients(claims: pl.LazyFrame, params: FeatureParams,
+                    doctor: str = "doctor_id") -> pl.LazyFrame:
     """For each doctor, max over other doctors of |shared patients| / |own patients|.
+
+    ``doctor`` : the column identifying doctors (doctor_id, or an injective key of it).
 
     Returns
     -------
-    LazyFrame: doctor_id, top_codoctor_shared_share (Float64 in [0, 1]),
+    LazyFrame: ``doctor``, top_codoctor_shared_share (Float64 in [0, 1]),
     top_codoctor_shared_patients (count of patients shared with that co-doctor).
     """
     # Integer keys make the self-join and the pair count several times cheaper than strings.
@@ -53,10 +59,10 @@ def shared_patients(claims: pl.LazyFrame, params: FeatureParams) -> pl.LazyFrame
     # an exact dense code packed with the co-doctor's code into one UInt64 pair key.
     # Collected here (not left lazy): the self-join below runs as a merge join only on an
     # eagerly sorted frame (sorted flag set), ~7x cheaper than the hash join (polars 2.1).
-    pairs = claims.select("doctor_id", pl.col("patient_id").hash(0).alias("_p")).unique() \
+    pairs = claims.select(doctor, pl.col("patient_id").hash(0).alias("_p")).unique() \
         .collect()
-    codes = pairs.select("doctor_id").unique().sort("doctor_id").with_row_index("_d")
-    pairs = pairs.join(codes, on="doctor_id", how="inner").select("_d", "_p")
+    codes = pairs.select(doctor).unique().sort(doctor).with_row_index("_d")
+    pairs = pairs.join(codes, on=doctor, how="inner").select("_d", "_p")
     own = pairs.lazy().group_by("_d").agg(pl.len().alias("_own"))
     # Hub patients (many doctors) add k^2 pairs and carry little ring signal.
     kept = pairs.filter(pl.len().over("_p") <= params.max_doctors_per_patient).sort("_p").lazy()
@@ -75,7 +81,7 @@ def shared_patients(claims: pl.LazyFrame, params: FeatureParams) -> pl.LazyFrame
     )
     return (
         own.join(co, on="_d", how="left").join(codes.lazy(), on="_d", how="inner").select(
-            "doctor_id",
+            doctor,
             (pl.col("top_codoctor_shared_patients").fill_null(0) / pl.col("_own"))
             .alias("top_codoctor_shared_share"),
             pl.col("top_codoctor_shared_patients").fill_null(0),
@@ -84,7 +90,8 @@ def shared_patients(claims: pl.LazyFrame, params: FeatureParams) -> pl.LazyFrame
 
 
 def graph_features(claims: pl.LazyFrame, params: FeatureParams,
-                   levels: tuple[str, ...] = ("patient", "doctor", "pharmacy", "facility"),
+                   levels: tuple[str, ...] = ENTITY_LEVELS,
+                   ids: Mapping[str, pl.DataFrame | None] | None = None,
                    ) -> dict[str, pl.LazyFrame]:
     """Lazy graph-derived frames by level: id column + ``GRAPH_FEATURES[level]``.
 
@@ -93,23 +100,29 @@ def graph_features(claims: pl.LazyFrame, params: FeatureParams,
     claims : lazy claim frame with patient_id, doctor_id, facility_id, pharmacy_id.
     params : thresholds (``max_doctors_per_patient``).
     levels : entity levels to build.
+    ids : from :func:`medfraud.features.entities.entity_keys` when ``claims`` holds its key
+        columns: nodes and counterparts are then grouped and counted by key, and the
+        frames hold the key column instead of the id column.
     """
     out = {}
     for level in levels:
-        node = LEVEL_ID[level]
+        node = key_column(level, ids)
         own = claims.filter(pl.col(node).is_not_null())
         degree_aggs = [
-            pl.col(LEVEL_ID[other]).drop_nulls().n_unique().alias(_DEGREE_NAME[other])
+            pl.col(key_column(other, ids)).drop_nulls().n_unique().alias(_DEGREE_NAME[other])
             for other in ("patient", "doctor", "facility", "pharmacy")
             if other != level and _DEGREE_NAME[other] in GRAPH_FEATURES[level]
         ]
         frame = own.group_by(node).agg(degree_aggs)
         if level == "patient":
-            frame = frame.join(hhi(own, node, "doctor_id", "doctor_hhi"), on=node, how="left")
+            frame = frame.join(hhi(own, node, key_column("doctor", ids), "doctor_hhi"),
+                               on=node, how="left")
         elif level == "doctor":
-            frame = (frame.join(hhi(own, node, "pharmacy_id", "pharmacy_hhi"), on=node, how="left")
-                     .join(shared_patients(own, params), on=node, how="left"))
+            frame = (frame.join(hhi(own, node, key_column("pharmacy", ids), "pharmacy_hhi"),
+                                on=node, how="left")
+                     .join(shared_patients(own, params, node), on=node, how="left"))
         elif level == "pharmacy":
-            frame = frame.join(hhi(own, node, "doctor_id", "doctor_hhi"), on=node, how="left")
+            frame = frame.join(hhi(own, node, key_column("doctor", ids), "doctor_hhi"),
+                               on=node, how="left")
         out[level] = frame.select(node, *[pl.col(n).fill_null(0) for n in GRAPH_FEATURES[level]])
     return out
