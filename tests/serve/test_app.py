@@ -195,6 +195,30 @@ def test_concurrent_requests_are_batched_without_crosstalk(app, claims_json):
         assert s["reasons"] == alone[s["claim_id"]]["reasons"]
 
 
+def _assert_pair_batched_without_crosstalk(app, pair: tuple[dict, dict]) -> None:
+    """Both claims of ``pair``, posted four times each at once, share a batch (repeats of
+    one id never do) and score exactly as each does alone."""
+    with TestClient(app) as c:
+        alone = {claim["claim_id"]: c.post("/score", json={"claims": [claim]}).json()["scores"][0]
+                 for claim in pair}
+
+    async def burst():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
+            async with app.router.lifespan_context(app):
+                return await asyncio.gather(*[ac.post("/score", json={"claims": [c]})
+                                              for c in pair * 4])
+
+    batcher = app.state.batcher
+    batcher.largest_batch = 0
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    assert batcher.largest_batch == 2
+    for r in responses:
+        s = r.json()["scores"][0]
+        assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
+        assert s["reasons"] == alone[s["claim_id"]]["reasons"]
+
+
 def test_a_doctor_on_different_days_is_batched_without_crosstalk(app, claims_json):
     """Claims of one doctor on different dates (different patients) may share a batch: the
     doctor's same-day facilities are the only doctor-level coupling of features and rules."""
@@ -214,25 +238,7 @@ def test_a_doctor_on_different_days_is_batched_without_crosstalk(app, claims_jso
         if pair:
             break
     assert pair is not None, "the held-out claims hold no doctor seen on two dates"
-    with TestClient(app) as c:
-        alone = {claim["claim_id"]: c.post("/score", json={"claims": [claim]}).json()["scores"][0]
-                 for claim in pair}
-
-    async def burst():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
-            async with app.router.lifespan_context(app):
-                return await asyncio.gather(*[ac.post("/score", json={"claims": [c]})
-                                              for c in pair * 4])
-
-    batcher = app.state.batcher
-    batcher.largest_batch = 0
-    responses = asyncio.run(burst())
-    assert all(r.status_code == 200 for r in responses)
-    assert batcher.largest_batch == 2  # the two claims went together (repeats of one id never do)
-    for r in responses:
-        s = r.json()["scores"][0]
-        assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
-        assert s["reasons"] == alone[s["claim_id"]]["reasons"]
+    _assert_pair_batched_without_crosstalk(app, pair)
 
 
 def test_multi_worker_server_scores_like_one_process(exported, claims_json, client):
@@ -351,22 +357,4 @@ def test_claims_of_one_doctor_day_and_facility_are_batched_without_crosstalk(app
     pair = next((g[:2] for g in groups.values()
                  if len(g) >= 2 and g[0]["patient_id"] != g[1]["patient_id"]), None)
     assert pair is not None, "the held-out claims hold no doctor-day with two claims at one place"
-    with TestClient(app) as c:
-        alone = {claim["claim_id"]: c.post("/score", json={"claims": [claim]}).json()["scores"][0]
-                 for claim in pair}
-
-    async def burst():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
-            async with app.router.lifespan_context(app):
-                return await asyncio.gather(*[ac.post("/score", json={"claims": [c]})
-                                              for c in pair * 4])
-
-    batcher = app.state.batcher
-    batcher.largest_batch = 0
-    responses = asyncio.run(burst())
-    assert all(r.status_code == 200 for r in responses)
-    assert batcher.largest_batch == 2
-    for r in responses:
-        s = r.json()["scores"][0]
-        assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
-        assert s["reasons"] == alone[s["claim_id"]]["reasons"]
+    _assert_pair_batched_without_crosstalk(app, pair)
