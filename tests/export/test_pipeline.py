@@ -138,6 +138,47 @@ def test_rules_on_the_batch_history_give_the_full_history_hits(pipeline, holdout
     assert hits(batch, prune=True).equals(full)
 
 
+@pytest.mark.parametrize("when", ["holdout", "history"])
+def test_feature_tables_give_the_whole_snapshot_claim_features(pipeline, holdout, exported, when):
+    """A batch's claim features from its own slice of the snapshot (feature_tables: no
+    snapshot claim of its dates for a held-out batch, some for claims re-scored from the
+    history) equal those computed with the whole snapshot beside it."""
+    from medfraud.dataset import InMemoryDataset
+    from medfraud.features import build_features
+
+    if when == "holdout":
+        claims, lines = holdout
+    else:
+        ds = Dataset(exported["dataset"])
+        claims = ds.scan("claims").filter(pl.col("service_date").is_between(
+            pl.date(2024, 3, 1), pl.date(2024, 3, 31))).collect()
+        lines = ds.read("claim_lines")
+    batch = claims.head(40)
+    batch_lines = lines.join(batch.select("claim_id"), on="claim_id", how="semi")
+    window = (batch["service_date"].min(), batch["service_date"].max())
+    ids = batch.select("claim_id")
+    whole = dict(pipeline.context)
+    whole["claims"] = pl.concat([pipeline.context["claims"].join(ids, on="claim_id", how="anti"),
+                                 batch], how="vertical_relaxed")
+    whole["claim_lines"] = pl.concat([pipeline.context["claim_lines"].join(ids, on="claim_id",
+                                                                           how="anti"),
+                                      batch_lines], how="vertical_relaxed")
+
+    def claim_features(tables) -> pl.DataFrame:
+        features = build_features(InMemoryDataset({t: f.lazy() for t, f in tables.items()}),
+                                  window, levels=("claim",), params=pipeline.feature_params,
+                                  claim_reference=pipeline.claim_reference)
+        return features.frame("claim").join(ids, on="claim_id", how="semi").sort("claim_id")
+
+    sliced = pipeline.feature_tables(batch, batch_lines)
+    assert (sliced["claims"].select(pl.len()).collect().item() > batch.height) == (when == "history")
+    got = claim_features({t: f.collect() for t, f in sliced.items()})
+    assert got.height == batch.height
+    from polars.testing import assert_frame_equal
+
+    assert_frame_equal(got, claim_features(whole), check_exact=False, rel_tol=1e-12, abs_tol=1e-12)
+
+
 def test_pruned_history_keeps_the_drg_statistics_of_the_batch_diagnoses(pipeline, holdout):
     """The stays of a batch's DRG diagnoses come in without lines: a DRG rule loose enough to
     fire on the small test dataset hits the same claims as on the full history."""
