@@ -290,8 +290,7 @@ def _checks(schema: Mapping[str, pl.DataType], known: list[str], text: TextState
     for table, column, message, bad in RANGE_CHECKS:
         if table in ("claims", "claim_lines"):
             checks.append((column, bad, pl.lit(message)))
-    duplicate = (pl.col(_REPEATED_LINE) if repeats_marked else
-                 pl.col("line_no").is_not_null() & (pl.len().over("claim_id", "line_no") > 1))
+    duplicate = pl.col(_REPEATED_LINE) if repeats_marked else _DUPLICATE_LINE
     checks.append(("line_no", duplicate, pl.lit("duplicate (claim_id, line_no)")))
     for column, (table, _key) in ID_REFERENCES.items():
         if column not in known:
@@ -384,10 +383,12 @@ class _RowOrder:
         suspects = claim_ids.filter(out_of_order).implode()
         rows = (typed.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"), "claim_id", line_no)
                 .filter(pl.col("claim_id").is_in(suspects)))
-        repeats = rows.filter(line_no.is_not_null() & (pl.len().over("claim_id", "line_no") > 1))
+        repeats = rows.filter(_DUPLICATE_LINE)
         return _RowOrder(True, ascending, False, repeated.scatter(repeats["_i"], True))
 
 
+# True on a row whose non-null (claim_id, line_no) is on another row too.
+_DUPLICATE_LINE = pl.col("line_no").is_not_null() & (pl.len().over("claim_id", "line_no") > 1)
 # True on the first row of each claim when the rows of a claim are contiguous.
 _NEW_CLAIM = pl.col("claim_id").ne_missing(pl.col("claim_id").shift(1))
 

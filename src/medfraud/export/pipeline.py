@@ -360,10 +360,7 @@ class ScoringPipeline:
         tables["claim_lines"] = seen_lines.lazy()
         tables["patients"] = self._by_key["patients"].rows_of(seen["patient_id"]).lazy()
         tables["doctors"] = self._by_key["doctors"].rows_of(seen["doctor_id"]).lazy()
-        roster = self._by_date["duty_roster"].between(window)
-        if roster.height:
-            roster = roster.filter(pl.col("doctor_id").is_in(seen["doctor_id"].unique().implode()))
-        tables["duty_roster"] = roster.lazy()
+        tables["duty_roster"] = self._duty_roster(window, seen["doctor_id"]).lazy()
         return tables
 
     def rule_tables(self, claims: pl.DataFrame, lines: pl.DataFrame,
@@ -428,10 +425,16 @@ class ScoringPipeline:
                                            lines], how="vertical_relaxed").lazy()
         tables["patients"] = self._by_key["patients"].rows_of(
             pl.concat([related["patient_id"], claims["patient_id"]])).lazy()
-        roster = self._by_date["duty_roster"].between(window)
-        tables["duty_roster"] = (roster.filter(pl.col("doctor_id").is_in(doctor_ids))
-                                 if roster.height else roster).lazy()
+        tables["duty_roster"] = self._duty_roster(window, claims["doctor_id"]).lazy()
         return tables
+
+    def _duty_roster(self, window: tuple[date, date], doctor_ids: pl.Series) -> pl.DataFrame:
+        """The snapshot's duty roster of ``doctor_ids`` on the dates of ``window``."""
+        roster = self._by_date["duty_roster"].between(window)
+        # Empty for a batch dated after the snapshot: skip the filter's fixed cost.
+        if roster.height:
+            roster = roster.filter(pl.col("doctor_id").is_in(doctor_ids.unique().implode()))
+        return roster
 
     def _normalised(self, part: DetectorPart, order: int, features, claim_frame: pl.DataFrame) -> pl.DataFrame:
         """claim_id, u (Float64 in [0, 1] or null), reasons, det (order) for one detector."""
