@@ -262,3 +262,130 @@ def test_warm_builds_the_lazy_scoring_state(exported, holdout):
     assert lightgbm._explainer is not None and fresh._claim_reference is not None
     claims, lines = holdout
     assert fresh.score(claims, lines).equals(load_pipeline(exported["model_dir"])[0].score(claims, lines))
+
+
+def _conflicting_batches(claims: pl.DataFrame, n: int = 6) -> list[tuple[pl.DataFrame, dict]]:
+    """Batches of claims that share a patient or a doctor-day (at other places) with
+    another claim of the batch, with lanes that separate them (greedy, as the REST batcher
+    does), plus a few unrelated claims in lane 0."""
+    shared = (claims.with_columns(pl.len().over("patient_id").alias("by_patient"),
+                                  pl.struct("facility_id", "setting").n_unique()
+                                  .over("doctor_id", "service_date").alias("places"))
+              .filter((pl.col("by_patient") > 1) | (pl.col("places") > 1)))
+    groups = (shared.group_by("patient_id", maintain_order=True).agg("claim_id")
+              .get_column("claim_id").to_list()[:n])
+    batches = []
+    for k, group in enumerate(groups):
+        others = claims.filter(~pl.col("claim_id").is_in(shared["claim_id"].implode())) \
+            .slice(5 * k, 5)
+        batch = pl.concat([claims.filter(pl.col("claim_id").is_in(group[:3])), others])
+        lanes, keys = {}, []
+        for row in batch.iter_rows(named=True):
+            day, place = (row["doctor_id"], row["service_date"]), (row["facility_id"], row["setting"])
+            lane = next((i for i, (patients, days) in enumerate(keys)
+                         if row["patient_id"] not in patients and days.get(day, place) == place),
+                        None)
+            if lane is None:
+                keys.append((set(), {}))
+                lane = len(keys) - 1
+            keys[lane][0].add(row["patient_id"])
+            keys[lane][1][day] = place
+            lanes[row["claim_id"]] = lane
+        if len(set(lanes.values())) > 1:
+            batches.append((batch, lanes))
+    return batches
+
+
+def test_lanes_score_each_lane_as_if_alone(pipeline, holdout):
+    """Claims sharing a patient or a doctor-day, put in separate lanes of one call, score
+    exactly as each lane does alone; in one lane they would see each other."""
+    claims, lines = holdout
+    batches = _conflicting_batches(claims)
+    assert len(batches) >= 3
+    coupled = 0
+    for batch, lanes in batches:
+        batch_lines = lines.join(batch.select("claim_id"), on="claim_id", how="semi")
+        together = pipeline.score(batch, batch_lines, lanes=lanes)
+        assert together["claim_id"].to_list() == batch["claim_id"].to_list()
+        one_lane = pipeline.score(batch, batch_lines)
+        for lane in set(lanes.values()):
+            ids = pl.Series([c for c, k in lanes.items() if k == lane]).implode()
+            part = batch.filter(pl.col("claim_id").is_in(ids))
+            alone = pipeline.score(part, batch_lines.filter(pl.col("claim_id").is_in(ids)))
+            got = together.join(alone, on="claim_id", suffix="_alone")
+            assert got.height == part.height
+            assert (got["risk"] - got["risk_alone"]).abs().max() <= 1e-12
+            assert got["reasons"].to_list() == got["reasons_alone"].to_list()
+            mixed = one_lane.join(alone, on="claim_id", suffix="_alone")
+            coupled += int((mixed["risk"] - mixed["risk_alone"]).abs().max() > 1e-12)
+    assert coupled > 0  # without lanes some claims do see each other
+
+
+def test_lane_copies_count_each_drg_stay_once(pipeline, holdout):
+    """Lane copies repeat a patient's history; the DRG reference population of the laned
+    call holds each original stay once, the same stays as the lanes' own populations."""
+    from medfraud.rules.inputs import COPY_SEPARATOR, RuleInputs
+
+    claims, lines = holdout
+    for batch, lanes in _conflicting_batches(claims, n=12):
+        lane = pipeline._lane_numbers(batch, lanes)
+        batch_lines = lines.join(batch.select("claim_id"), on="claim_id", how="semi")
+        tables = pipeline.lane_tables(lambda c, l: pipeline.rule_tables(c, l, prune=True),
+                                      batch, batch_lines, lane)
+        end = batch["service_date"].max()
+
+        def stays(tables, copies):
+            return RuleInputs(tables, end=end, claim_copies=copies).drg_reference_stays(
+                ["claim_id", "drg_weight"]).filter(pl.col("drg_weight").is_not_null()).collect()
+
+        with_copies, without = stays(tables, True), stays(tables, False)
+        if with_copies.height == without.height:
+            continue  # no stay in the copied history
+        origins = with_copies["claim_id"].str.split(COPY_SEPARATOR).list.first()
+        assert origins.n_unique() == with_copies.height
+        alone = set()
+        for k in lane.unique().to_list():
+            part = batch.filter(lane == k)
+            part_lines = batch_lines.join(part.select("claim_id"), on="claim_id", how="semi")
+            alone |= set(stays(pipeline.rule_tables(part, part_lines, prune=True),
+                               False)["claim_id"].to_list())
+        assert set(origins.to_list()) == alone
+        # A DRG rule loose enough to fire on the small dataset hits each lane's stays as
+        # it does with the lane alone.
+        from medfraud.rules import evaluate_tables
+        from medfraud.rules.catalogue import RuleCatalogue
+
+        doc = pipeline.catalogue.model_dump()
+        drg_rules = [r for r in doc["rules"] if r["kind"] == "drg_upcoding"]
+        for rule in drg_rules:
+            rule["params"].update(quantile=0.5, ratio=0.5, min_cases=5)
+        loose = RuleCatalogue.model_validate({**doc, "rules": drg_rules})
+        window = (batch["service_date"].min(), end)
+        ids = batch.select(pl.col("claim_id").alias("id"))
+        laned = evaluate_tables(tables, loose, window, claim_copies=True).join(ids, on="id",
+                                                                               how="semi")
+        one_by_one = pl.concat([
+            evaluate_tables(pipeline.rule_tables(batch.filter(lane == k), batch_lines, prune=True),
+                            loose, window).join(ids, on="id", how="semi")
+            for k in lane.unique().to_list()])
+        assert laned.height > 0
+        assert laned.sort("id").equals(one_by_one.sort("id"))
+        return
+    pytest.fail("no conflicting batch copies a DRG stay")
+
+
+def test_lanes_need_a_history_scoped_catalogue_and_plain_ids(pipeline, holdout):
+    claims, lines = holdout
+    batch, lanes = _conflicting_batches(claims, n=1)[0]
+    batch_lines = lines.join(batch.select("claim_id"), on="claim_id", how="semi")
+    assert pipeline.isolates_lanes
+    from medfraud.rules.inputs import COPY_SEPARATOR
+
+    odd = batch.with_columns(pl.col("claim_id") + COPY_SEPARATOR)
+    odd_lines = batch_lines.with_columns(pl.col("claim_id") + COPY_SEPARATOR)
+    with pytest.raises(ValueError, match="separator"):
+        pipeline.score(odd, odd_lines, validate=False,
+                       lanes={c + COPY_SEPARATOR: k for c, k in lanes.items()})
+    # One lane (all zero): no copies, the plain path.
+    plain = pipeline.score(batch, batch_lines)
+    assert pipeline.score(batch, batch_lines, lanes={c: 0 for c in lanes}).equals(plain)

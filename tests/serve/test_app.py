@@ -317,10 +317,11 @@ def test_batcher_gathers_the_requests_it_expects_and_a_lone_one_does_not_wait():
     assert rejoined == 3
 
 
-def test_jobs_of_one_doctor_day_share_a_batch_only_at_the_same_places():
+def test_jobs_of_one_doctor_day_share_a_lane_only_at_the_same_places():
     """A doctor's claims of one day couple through the number of facilities (in the settings
     a rule judges) the doctor bills at that day: requests at the same (facility, setting)
-    pairs may share a batch, others wait for the next one."""
+    pairs may share a lane, others go to another lane or, with one lane (a pipeline that
+    cannot isolate lanes), wait for the next batch."""
     from datetime import date
 
     from medfraud.serve.app import MicroBatcher, _Job
@@ -331,7 +332,7 @@ def test_jobs_of_one_doctor_day_share_a_batch_only_at_the_same_places():
         return _Job([], frozenset({f"P{k}"}), {(doctor, when): frozenset(places)},
                     frozenset({f"C{k}"}), frozenset(), None)
 
-    batcher = MicroBatcher(pipeline=None)
+    batcher = MicroBatcher(pipeline=None, max_lanes=1)
     batcher._queue = asyncio.Queue()
     jobs = [job(0, "D1", day, ("F1", "outpatient")),
             job(1, "D1", day, ("F1", "outpatient")),  # same places: together
@@ -345,6 +346,54 @@ def test_jobs_of_one_doctor_day_share_a_batch_only_at_the_same_places():
     assert [j.claim_ids for j in taken] == [jobs[i].claim_ids for i in (0, 1, 5, 6)]
     assert [j.claim_ids for j in batcher._held] == [jobs[i].claim_ids for i in (2, 3, 4)]
 
+    laned = MicroBatcher(pipeline=None, max_lanes=3)
+    laned._queue = asyncio.Queue()
+    laned._held = list(jobs)
+    taken = laned._take()
+    # Lanes 1 and 2 take the first two that conflict with lane 0; the third conflicts with
+    # all three lanes and waits.
+    assert {j.claim_ids: j.lane for j in taken} == {
+        jobs[0].claim_ids: 0, jobs[1].claim_ids: 0, jobs[2].claim_ids: 1,
+        jobs[3].claim_ids: 2, jobs[5].claim_ids: 0, jobs[6].claim_ids: 0}
+    assert [j.claim_ids for j in laned._held] == [jobs[4].claim_ids]
+
+
+def test_jobs_sharing_a_patient_go_to_lanes_and_a_claim_or_drg_diagnosis_waits():
+    """A shared patient only needs another lane; a repeated claim id or a DRG diagnosis
+    shared between lanes (whose stays are one reference population) waits, as does a job
+    whose ids hold the lane separator."""
+    from datetime import date
+
+    from medfraud.rules.inputs import COPY_SEPARATOR
+    from medfraud.serve.app import MicroBatcher, _Job
+
+    def job(claim: str, patient: str, drg: str | None = None) -> _Job:
+        return _Job([], frozenset({patient}),
+                    {(f"D{claim}", date(2024, 5, 1)): frozenset({("F1", "outpatient")})},
+                    frozenset({claim}), frozenset({drg} if drg else ()), None)
+
+    batcher = MicroBatcher(pipeline=None, max_lanes=4)
+    batcher._queue = asyncio.Queue()
+    jobs = [job("C0", "P1", drg="I21"),
+            job("C1", "P1"),  # same patient: lane 1
+            job("C2", "P1"),  # again: lane 2
+            job("C0", "P2"),  # repeated claim id: waits
+            job("C3", "P3", drg="I21"),  # the DRG diagnosis of another claim: waits
+            job("C4", "P5" + COPY_SEPARATOR),  # cannot be copied, and lanes exist: waits
+            job("C6", "P4")]  # unrelated: lane 0
+    batcher._held = list(jobs)
+    taken = batcher._take()
+    assert [(next(iter(j.claim_ids)), j.lane) for j in taken] == [
+        ("C0", 0), ("C1", 1), ("C2", 2), ("C6", 0)]
+    assert [next(iter(j.claim_ids)) for j in batcher._held] == ["C0", "C3", "C4"]
+
+    # First in a batch, a job that cannot be copied keeps the batch to one lane.
+    batcher._held = [job("C7", "P9" + COPY_SEPARATOR), job("C8", "P9" + COPY_SEPARATOR),
+                     job("C9", "P4")]
+    taken = batcher._take()
+    assert [(next(iter(j.claim_ids)), j.lane) for j in taken] == [("C7", 0), ("C9", 0)]
+    assert [next(iter(j.claim_ids)) for j in batcher._held] == ["C8"]
+
 
 def test_claims_of_one_doctor_day_and_facility_are_batched_without_crosstalk(app, claims_json):
     """Two claims of one doctor, day, facility and setting (different patients) share a
@@ -357,4 +406,17 @@ def test_claims_of_one_doctor_day_and_facility_are_batched_without_crosstalk(app
     pair = next((g[:2] for g in groups.values()
                  if len(g) >= 2 and g[0]["patient_id"] != g[1]["patient_id"]), None)
     assert pair is not None, "the held-out claims hold no doctor-day with two claims at one place"
+    _assert_pair_batched_without_crosstalk(app, pair)
+
+
+def test_claims_of_one_patient_share_a_batch_in_lanes_without_crosstalk(app, claims_json):
+    """Two claims of one patient go to separate lanes of one batch and score as they do
+    alone (their features and rules would otherwise see each other)."""
+    by_patient: dict[str, list[dict]] = {}
+    for claim in claims_json:
+        if claim["drg_weight"] is None:
+            by_patient.setdefault(claim["patient_id"], []).append(claim)
+    pair = next((tuple(g[:2]) for g in by_patient.values() if len(g) >= 2), None)
+    assert pair is not None, "the held-out claims hold no patient with two claims"
+    assert app.state.batcher.max_lanes > 1
     _assert_pair_batched_without_crosstalk(app, pair)

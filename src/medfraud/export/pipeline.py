@@ -19,7 +19,8 @@ Scoring a batch: the incoming claims and lines are appended to the snapshot in m
 date window with the training window as the peer reference, the claim-level audit rules
 are evaluated, every detector scores, and the normalised scores are combined,
 calibrated, banded and explained.  Claims in one call see each other as context (as the
-claims of one settlement day do).
+claims of one settlement day do), unless they are put in separate lanes (the REST service
+does, for concurrent requests; see :meth:`ScoringPipeline.lane_tables`).
 
 Files written by :meth:`ScoringPipeline.save` (all JSON, YAML, text or Parquet; nothing is
 pickled) are described in docs/export.md.
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -42,7 +43,7 @@ import polars as pl
 from medfraud.dataset import InMemoryDataset, conform
 from medfraud.export.calibration import Bands, Calibration, ReferenceCDF
 from medfraud.export.inputs import CheckedBatch, SnapshotIds, check_rows, rows_from_frames
-from medfraud.rules.inputs import DRG_PEER_STAYS
+from medfraud.rules.inputs import COPY_SEPARATOR, DRG_PEER_STAYS
 from medfraud.schema import LEVEL_ID, TABLES
 
 FORMAT_VERSION = 1
@@ -66,6 +67,10 @@ HISTORY_SCOPED_RULE_KINDS = frozenset({
     "same_day_distant_regions", "drg_upcoding", "doctor_off_duty", "idle_stay",
     "implausible_identity",
 })
+# Query optimisations of the lane copies' one collect (a few hundred rows): the pushdowns only.
+_FEW_ROWS_OPTIMIZATIONS = pl.QueryOptFlags.none(predicate_pushdown=True, projection_pushdown=True)
+# Reference tables keyed by an id that lane copies suffix (see ScoringPipeline.lane_tables).
+_LANE_KEYED = (("patients", "patient_id"), ("doctors", "doctor_id"), ("duty_roster", "doctor_id"))
 # Row number of a snapshot claim: slices of the sorted copies are put back in snapshot order.
 _ROW = "_snapshot_row"
 # Large strings/bytes of a detector state go to their own file (readable LightGBM text,
@@ -237,7 +242,8 @@ class ScoringPipeline:
         """Validate input-format rows (see :mod:`medfraud.export.inputs`) against the snapshot."""
         return check_rows(rows, self.snapshot_ids, first_row=first_row)
 
-    def score(self, claims: pl.DataFrame, lines: pl.DataFrame, *, validate: bool = True) -> pl.DataFrame:
+    def score(self, claims: pl.DataFrame, lines: pl.DataFrame, *, validate: bool = True,
+              lanes: Mapping[str, int] | None = None) -> pl.DataFrame:
         """Score claims with their lines.
 
         Parameters
@@ -247,6 +253,10 @@ class ScoringPipeline:
         validate : run the input check first (raise :class:`~medfraud.export.inputs.InputError`
             naming row, column and reason on any problem).  Callers that already ran
             :meth:`check` pass False.
+        lanes : claim_id -> lane number (claims not named: lane 0).  The claims of each lane
+            are scored as if the other lanes' claims were not in the call, in one call
+            (see :meth:`lane_tables`); needs :attr:`isolates_lanes`.  None: one lane, the
+            claims of the call see each other.
 
         Returns
         -------
@@ -267,7 +277,7 @@ class ScoringPipeline:
                     schema={"row": pl.Int64, "claim_id": pl.String, "column": pl.String,
                             "reason": pl.String}))
             claims, lines = batch.claims, batch.lines
-        raw = self.raw_scores(claims, lines)
+        raw = self.raw_scores(claims, lines, lanes)
         risk = self.calibration.transform(raw["raw_score"].to_numpy())
         return raw.with_columns(pl.Series("risk", risk, dtype=pl.Float64).clip(0.0, 1.0),
                                 self.bands.expr("raw_score").alias("band")).select(
@@ -280,10 +290,12 @@ class ScoringPipeline:
             return empty_scores(), batch.problems
         return self.score(batch.claims, batch.lines, validate=False), batch.problems
 
-    def raw_scores(self, claims: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:
+    def raw_scores(self, claims: pl.DataFrame, lines: pl.DataFrame,
+                   lanes: Mapping[str, int] | None = None) -> pl.DataFrame:
         """Uncalibrated combined score and reasons: claim_id, raw_score (Float64), reasons.
 
-        ``claims`` and ``lines`` must be valid (contract dtypes, known ids).
+        ``claims`` and ``lines`` must be valid (contract dtypes, known ids); ``lanes`` as in
+        :meth:`score`.
         """
         from medfraud.features import build_features
         from medfraud.features.frameset import FeatureSet
@@ -293,6 +305,16 @@ class ScoringPipeline:
         ids = claims.select("claim_id")
         window = (claims["service_date"].min(), claims["service_date"].max())
         reference, params, catalogue = self.claim_reference, self.feature_params, self.catalogue
+        lane = self._lane_numbers(claims, lanes)
+        if lane is None:
+            feature_tables, rule_tables = self.feature_tables, self.rule_tables
+        else:
+            def feature_tables(c, l):
+                return self.lane_tables(self.feature_tables, c, l, lane)
+
+            def rule_tables(c, l):
+                return self.lane_tables(lambda c_, l_: self.rule_tables(c_, l_, prune=True),
+                                        c, l, lane)
         # The claim rules and the detectors reading their hits run on a second thread while
         # the claim features and the other detectors run on this one: both read the same
         # frozen snapshot, and polars, LightGBM and the TreeSHAP kernel release the GIL, so
@@ -303,17 +325,21 @@ class ScoringPipeline:
         def rule_parts() -> dict[int, pl.DataFrame]:
             from medfraud.rules import evaluate_tables
 
-            hits = evaluate_tables(self.rule_tables(claims, lines), catalogue, window, missing="skip")
+            hits = evaluate_tables(rule_tables(claims, lines), catalogue, window, missing="skip",
+                                   claim_copies=lane is not None)
             hits = hits.join(ids.rename({"claim_id": "id"}), on="id", how="semi")
             scored = FeatureSet({"claim": ids}, {"claim": []}, window=window, rule_hits=hits)
             return {i: self._normalised(self.detectors[i], i, scored, ids) for i in on_hits}
 
         def feature_parts() -> dict[int, pl.DataFrame]:
-            dataset = InMemoryDataset(self.feature_tables(claims, lines),
+            dataset = InMemoryDataset(feature_tables(claims, lines),
                                       manifest={"content_digest": self.data_digest})
             features = build_features(dataset, window, levels=("claim",), params=params,
                                       claim_reference=reference)
             claim_frame = features.frame("claim").join(ids, on="claim_id", how="semi")
+            if lane is not None:  # the entity profiles are keyed by the original ids
+                claim_frame = claim_frame.with_columns(
+                    pl.col("patient_id", "doctor_id").str.split(COPY_SEPARATOR).list.first())
             scored = FeatureSet({"claim": claim_frame}, {"claim": features.columns["claim"]},
                                 window=window)
             return {i: self._normalised(p, i, scored, claim_frame)
@@ -427,6 +453,94 @@ class ScoringPipeline:
             pl.concat([related["patient_id"], claims["patient_id"]])).lazy()
         tables["duty_roster"] = self._duty_roster(window, claims["doctor_id"]).lazy()
         return tables
+
+    @property
+    def isolates_lanes(self) -> bool:
+        """Whether :meth:`score` takes ``lanes``: every enabled claim rule reads only its
+        claims' patients, doctor-days and DRG diagnoses (:data:`HISTORY_SCOPED_RULE_KINDS`),
+        so each lane's history can be cut out and copied."""
+        return self.catalogue is None or all(
+            r.kind in HISTORY_SCOPED_RULE_KINDS for r in self.catalogue.enabled)
+
+    def _lane_numbers(self, claims: pl.DataFrame, lanes: Mapping[str, int] | None
+                      ) -> pl.Series | None:
+        """Lane (Int64) per row of ``claims``; None when all are in one lane."""
+        if not lanes or set(lanes.values()) == {0}:
+            return None
+        if not self.isolates_lanes:
+            raise ValueError("this pipeline's rule catalogue has kinds that read beyond a "
+                             "claim's patient, doctor-day and DRG diagnosis: it cannot score "
+                             "lanes apart in one call")
+        ids = [claims.get_column(c) for c in ("claim_id", "patient_id", "doctor_id")]
+        if any(column.str.contains(COPY_SEPARATOR, literal=True).any() for column in ids):
+            raise ValueError(f"an id of the batch contains {COPY_SEPARATOR!r}, the separator "
+                             "of lane copies: score its lanes in separate calls")
+        lane = claims.get_column("claim_id").replace_strict(lanes, default=0,
+                                                            return_dtype=pl.Int64)
+        return None if lane.n_unique() < 2 else lane
+
+    def lane_tables(self, build: Callable[[pl.DataFrame, pl.DataFrame], dict[str, pl.LazyFrame]],
+                    claims: pl.DataFrame, lines: pl.DataFrame, lane: pl.Series
+                    ) -> dict[str, pl.LazyFrame]:
+        """The tables ``build`` (:meth:`feature_tables` or :meth:`rule_tables`) gives the
+        batch, as one copy per lane that holds the history and that lane's claims only.
+
+        A claim relates only to claims of its patient, of its doctor on its day and (DRG)
+        of its diagnosis; history rows that relate to claims of other lanes are as
+        irrelevant to it as the rest of the snapshot, which ``build`` leaves out.  In the
+        copy of lane k > 0 every patient and doctor id, and the id of every snapshot
+        claim, gets the suffix ``COPY_SEPARATOR + k``: copies of a patient's history never
+        meet, and each lane's claims see what they would see alone.  The DRG reference
+        population counts each claim once (``claim_copies`` of
+        :func:`~medfraud.rules.evaluate_tables`); two lanes must not hold DRG stays of one
+        diagnosis.  Tables keyed otherwise (drugs, facilities, ...) are shared.
+
+        The copies are built as plan nodes and collected together: an eager step per
+        table and lane cost ~75 us each.
+        """
+        tables = build(claims, lines)
+        names = ["claims", "claim_lines", *(n for n, _ in _LANE_KEYED)]
+        if DRG_PEER_STAYS in tables:
+            names.append(DRG_PEER_STAYS)
+        ids = claims.get_column("claim_id")
+        copies: dict[str, list[pl.LazyFrame]] = {name: [] for name in names}
+        for k in lane.unique().sort().to_list():
+            others = ids.filter(lane != k).implode()
+            not_others = ~pl.col("claim_id").is_in(others)
+            rows = {"claims": tables["claims"].filter(not_others),
+                    "claim_lines": tables["claim_lines"].filter(not_others)}
+            rows.update({name: tables[name] for name in names if name not in rows})
+            if k:
+                suffix = f"{COPY_SEPARATOR}{k}"
+                copied = pl.when(pl.col("claim_id").is_in(ids.filter(lane == k).implode())) \
+                    .then(pl.col("claim_id")).otherwise(pl.col("claim_id") + suffix)
+                people = (pl.col("patient_id") + suffix, pl.col("doctor_id") + suffix)
+                for name, key in _LANE_KEYED:
+                    if rows[name] is self._lazy_context[name]:  # whole: the rows named only
+                        rows[name] = rows[name].join(rows["claims"].select(key).unique(),
+                                                     on=key, how="semi")
+                    rows[name] = rows[name].with_columns(pl.col(key) + suffix)
+                rows["claims"] = rows["claims"].with_columns(copied, *people)
+                rows["claim_lines"] = rows["claim_lines"].with_columns(copied)
+                if DRG_PEER_STAYS in rows:
+                    rows[DRG_PEER_STAYS] = rows[DRG_PEER_STAYS].with_columns(
+                        pl.col("claim_id") + suffix, *people)
+            for name in names:
+                copies[name].append(rows[name])
+        # Materialised in one collect: the rules and features read each table several
+        # times, and would otherwise repeat the copies' filters and suffixes each time.
+        # A snapshot table lane 0 reads whole stays as it is, not copied.
+        whole = {name: frames.pop(0) for name, frames in copies.items()
+                 if frames[0] is self._lazy_context.get(name)}
+        names = [name for name, frames in copies.items() if frames]
+        merged = pl.collect_all([pl.concat(copies[name], how="vertical_relaxed")
+                                 for name in names], engine="in-memory",
+                                optimizations=_FEW_ROWS_OPTIMIZATIONS)
+        out = {**tables, **{name: frame.lazy() for name, frame in zip(names, merged)}}
+        for name, frame in whole.items():
+            out[name] = pl.concat([frame, out[name]], how="vertical_relaxed") if copies[name] \
+                else frame
+        return out
 
     def _duty_roster(self, window: tuple[date, date], doctor_ids: pl.Series) -> pl.DataFrame:
         """The snapshot's duty roster of ``doctor_ids`` on the dates of ``window``."""

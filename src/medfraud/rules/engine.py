@@ -157,7 +157,7 @@ def _spill_partitions(tables: Mapping[str, pl.LazyFrame], n_parts: int, folder: 
 
 
 def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date | None,
-              end: date | None) -> list[pl.DataFrame]:
+              end: date | None, claim_copies: bool = False) -> list[pl.DataFrame]:
     """Hits frames of ``rules`` (all of whose tables are in ``lazy``)."""
     local = [r for r in rules if r.kind in PATIENT_LOCAL_KINDS]
     n_claims = lazy["claims"].select(pl.len()).collect(engine="in-memory").item()
@@ -173,12 +173,12 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
             # Lines indexed by claim row above a scoring call's size only: on a few
             # hundred lines its eager steps cost ~1 ms more than the joins they replace.
             inputs = RuleInputs(lazy, start, end, engine="in-memory", small=small,
-                                index_lines=not small)
+                                index_lines=not small, claim_copies=claim_copies)
             return pl.collect_all([_rule_query(rule, inputs) for rule in rules],
                                   engine="in-memory",
                                   optimizations=(SMALL_INPUT_OPTIMIZATIONS if small
                                                  else pl.QueryOptFlags()))
-        inputs = RuleInputs(lazy, start, end)
+        inputs = RuleInputs(lazy, start, end, claim_copies=claim_copies)
         return [_rule_query(rule, inputs).collect() for rule in rules]
     frames = []
     cross = [r for r in rules if r.kind not in PATIENT_LOCAL_KINDS]
@@ -186,13 +186,14 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
     with tempfile.TemporaryDirectory(prefix="medfraud-rules-") as tmp:
         hits: dict[str, list[pl.DataFrame]] = {rule.id: [] for rule in local}
         for part_tables in _spill_partitions(lazy, n_parts, Path(tmp)):
-            inputs = RuleInputs(part_tables, start, end)
+            inputs = RuleInputs(part_tables, start, end, claim_copies=claim_copies)
             for rule in local:
                 hits[rule.id].append(_claim_hits(rule, inputs).collect())
             if sales_parts is not None:
                 sales_parts.append(inputs.drug_sales().collect())
     precomputed = {} if not sales_parts else {"drug_sales": combine_drug_sales(sales_parts)}
-    whole = RuleInputs(lazy, start, end, memoize=False, precomputed=precomputed)
+    whole = RuleInputs(lazy, start, end, memoize=False, precomputed=precomputed,
+                       claim_copies=claim_copies)
     for rule in cross:
         frames.append(_rule_query(rule, whole).collect(engine="streaming"))
     for rule in local:
@@ -203,7 +204,8 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
 def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
                     catalogue: RuleCatalogue | None = None,
                     window: tuple[date, date] | None = None, *,
-                    missing: Literal["raise", "skip"] = "raise") -> pl.DataFrame:
+                    missing: Literal["raise", "skip"] = "raise",
+                    claim_copies: bool = False) -> pl.DataFrame:
     """Evaluate every enabled rule over contract tables held in memory or lazily.
 
     Parameters
@@ -216,6 +218,9 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
     missing : a rule needing a table absent from ``tables``: ``"raise"`` a KeyError
         naming rule and tables, or ``"skip"`` the rule (e.g. scoring one claim without
         the pharmacy's purchase history).
+    claim_copies : the claims hold copies of claims under derived ids
+        (:data:`~medfraud.rules.inputs.COPY_SEPARATOR`; the scoring model's isolated
+        lanes): population statistics count each original claim once.
 
     Returns
     -------
@@ -237,7 +242,7 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
         rules.append(rule)
     if not rules:
         return empty_hits()
-    frames = _evaluate(rules, lazy, start, end)
+    frames = _evaluate(rules, lazy, start, end, claim_copies)
     if sum(frame.height for frame in frames) <= SORT_TOGETHER_BELOW:
         # (rule_id, id) is unique, so one sort of the few hits gives the same order as
         # the per-rule sorts below without their ~20 queries' fixed cost.

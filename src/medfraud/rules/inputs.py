@@ -27,6 +27,12 @@ _EVENT_DATE = {
 # scoring model passes a batch's peer stays this way so that no other rule reads them.
 DRG_PEER_STAYS = "drg_peer_stays"
 
+# A claim_id ``X + COPY_SEPARATOR + k`` names copy k of claim X: the scoring model scores
+# isolated lanes of one batch in one call, each over its own copies of the snapshot rows it
+# relates to (see medfraud.export.pipeline, lanes).  With ``RuleInputs.claim_copies`` the
+# DRG reference population counts each claim once.
+COPY_SEPARATOR = "\x1f"
+
 # The drug catalogue's columns joined onto drug lines (see RuleInputs.drug_lines).
 _DRUG_COLUMNS = (pl.col("drug_code").alias("item_code"), pl.col("category"),
                  pl.col("unit_price").alias("list_price"), pl.col("max_daily_units"),
@@ -85,6 +91,10 @@ class RuleInputs:
     # batch's history is most of the lines, and a string-keyed join per frame cost more
     # than all the gathers.
     index_lines: bool = False
+    # True: the claims may hold copies of one claim under the ids of COPY_SEPARATOR; the
+    # DRG reference population (the only cross-patient statistic of a claim rule) keeps
+    # one row per original claim.
+    claim_copies: bool = False
 
     def _memo(self, key: str, build) -> pl.LazyFrame:
         if not self.memoize:
@@ -120,12 +130,19 @@ class RuleInputs:
         given, of the :data:`DRG_PEER_STAYS` up to the window end (``judged`` false): the
         population a DRG stay's diagnosis statistics come from."""
         claims = self.claims(columns).with_columns(pl.lit(True).alias("judged"))
-        if DRG_PEER_STAYS not in self.tables:
-            return claims
-        peers = self.tables[DRG_PEER_STAYS]
-        if self.end is not None:
-            peers = peers.filter(pl.col("service_date") <= self.end)
-        return pl.concat([claims, peers.select(columns).with_columns(pl.lit(False).alias("judged"))])
+        if DRG_PEER_STAYS in self.tables:
+            peers = self.tables[DRG_PEER_STAYS]
+            if self.end is not None:
+                peers = peers.filter(pl.col("service_date") <= self.end)
+            claims = pl.concat([claims, peers.select(columns)
+                                .with_columns(pl.lit(False).alias("judged"))])
+        if self.claim_copies:
+            # Judged rows first: a claim judged in one lane and a peer in another stays judged.
+            origin = pl.col("claim_id").str.split(COPY_SEPARATOR).list.first()
+            claims = (claims.with_columns(origin.alias("_origin"))
+                      .sort("judged", descending=True, maintain_order=True)
+                      .unique("_origin", keep="first", maintain_order=True).drop("_origin"))
+        return claims
 
     def window_claims(self, columns: list[str] | None = None) -> pl.LazyFrame:
         """Claims inside the window (``start <= service_date <= end``) with ``columns``.
