@@ -17,10 +17,10 @@ Run::
 3. **REST**: ``medfraud serve`` in a subprocess on loopback; 16 asyncio clients (raw HTTP/1.1 on
    kept-alive connections, as ``wrk``) each post
    one claim per request in a loop that stops by itself after ``--rest-seconds``; p50 and p99
-   latency, requests/s and errors, once per ``--workers`` value (server processes; with 2
-   workers each process gets one polars thread).  Target p99 ≤ 50 ms, 0 errors.
+   latency, requests/s and errors, once per ``--workers`` value (server processes, each
+   with ``medfraud serve``'s default of one polars thread).  Target p99 ≤ 50 ms, 0 errors.
 
-Threads are limited to 2 (``POLARS_MAX_THREADS``, LightGBM ``num_threads``).  The 1-minute
+Threads of the batch part are limited to 2 (``POLARS_MAX_THREADS``, LightGBM ``num_threads``).  The 1-minute
 load average is recorded: other jobs share the machine when it exceeds the CPU count.
 Results: tests/benchmarks/results/scoring.json and scoring.md.
 """
@@ -276,7 +276,8 @@ def bench_rest(data_dir: Path, model_dir: Path, clients: int, seconds: float, wo
         pl.struct(pl.exclude("claim_id")).alias("lines"))
     items = json.loads(claims.join(nested, on="claim_id", maintain_order="left").write_json())
     payloads = [json.dumps({"claims": [item]}).encode() for item in items]
-    env = {**os.environ, "POLARS_MAX_THREADS": str(max(1, 2 // workers))}
+    # The server's own thread defaults, not this process's (set for the batch part).
+    env = {k: v for k, v in os.environ.items() if k not in ("POLARS_MAX_THREADS", "OMP_NUM_THREADS")}
     with running_server(model_dir, workers=workers, env=env) as base:
         warm = httpx.post(f"{base}/score", content=payloads[0],
                           headers={"content-type": "application/json"}, timeout=60.0)
