@@ -250,6 +250,7 @@ def test_sorted_index_few_and_many_values_find_the_same_rows(monkeypatch):
         monkeypatch.undo()
         assert few.equals(many)
         assert sorted(few["row"].to_list()) == expected
+        assert index.holds_any(values) and not index.holds_any(pl.Series(["nope", None]))
 
 
 def test_warm_builds_the_lazy_scoring_state(exported, holdout):
