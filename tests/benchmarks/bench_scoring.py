@@ -17,8 +17,10 @@ Run::
 3. **REST**: ``medfraud serve`` in a subprocess on loopback; 16 asyncio clients (raw HTTP/1.1 on
    kept-alive connections, as ``wrk``) each post
    one claim per request in a loop that stops by itself after ``--rest-seconds``; p50 and p99
-   latency, requests/s and errors, once per ``--workers`` value (server processes, each
-   with ``medfraud serve``'s default of one polars thread).  Target p99 ≤ 50 ms, 0 errors.
+   latency, requests/s and errors, per ``--workers`` value (server processes, each with
+   ``medfraud serve``'s default of one polars thread), ``--rest-repeats`` runs against each
+   server, the run of median p99 reported with every run's p50/p99.  Target p99 ≤ 50 ms,
+   0 errors.
 
 Threads of the batch part are limited to 2 (``POLARS_MAX_THREADS``, LightGBM ``num_threads``).  The 1-minute
 load average is recorded: other jobs share the machine when it exceeds the CPU count.
@@ -262,7 +264,11 @@ async def _load(url: str, payloads: list[bytes], clients: int, seconds: float) -
             "max_ms": round(float(ms.max()), 1) if ms.size else None}
 
 
-def bench_rest(data_dir: Path, model_dir: Path, clients: int, seconds: float, workers: int = 1) -> dict:
+def bench_rest(data_dir: Path, model_dir: Path, clients: int, seconds: float, workers: int = 1,
+               repeats: int = 3) -> dict:
+    """``repeats`` load runs of ``seconds`` against one server; the run with the median p99
+    is the result, with every run's p50 and p99 beside it (``runs``): on a shared 2-core
+    machine one run's p99 moves by several milliseconds from minute to minute."""
     import httpx
 
     from medfraud.dataset import Dataset
@@ -282,7 +288,12 @@ def bench_rest(data_dir: Path, model_dir: Path, clients: int, seconds: float, wo
         warm = httpx.post(f"{base}/score", content=payloads[0],
                           headers={"content-type": "application/json"}, timeout=60.0)
         assert warm.status_code == 200, warm.text
-        result = asyncio.run(_load(f"{base}/score", payloads, clients, seconds))
+        runs = [asyncio.run(_load(f"{base}/score", payloads, clients, seconds))
+                for _ in range(repeats)]
+        result = dict(sorted(runs, key=lambda r: r["p99_ms"] or 1e9)[len(runs) // 2])
+        result["runs"] = [{"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                           "error_count": r["error_count"]} for r in runs]
+        result["error_count"] = sum(r["error_count"] for r in runs)
         result["clients"] = clients
         result["workers"] = workers
         result["health_after"] = httpx.get(f"{base}/health", timeout=5.0).status_code
@@ -294,7 +305,8 @@ def write_results(results: dict) -> None:
     (RESULTS / "scoring.json").write_text(json.dumps(results, indent=2))
     b = results["batch"]
     lines = [
-        "# Scoring benchmark: exported LightGBM + rules model, 2 threads",
+        "# Scoring benchmark: exported LightGBM + rules model (batch: 2 threads; REST: "
+        "`medfraud serve`'s default of 1 polars thread per process)",
         "",
         f"Machine: {results['machine']}; 1-min load average before/after: "
         f"{results['load_before']:.1f} / {results['load_after']:.1f} on {results['cpus']} CPUs "
@@ -313,12 +325,16 @@ def write_results(results: dict) -> None:
     ]
     for r in results["rest"]:
         met = (r["p99_ms"] or 1e9) <= 50 and r["error_count"] == 0
+        runs = r.get("runs", [r])
+        spread = ", ".join(f"{x['p50_ms']}/{x['p99_ms']}" for x in runs)
         lines.append(
             f"| REST single claim, {r['context_claims']:,}-claim context, {r['clients']} clients × "
-            f"{r['seconds']} s, {r.get('workers', 1)} worker process(es) | p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms | {r['requests']:,} requests, "
+            f"{r['seconds']} s, {r.get('workers', 1)} worker process(es) | p50 {r['p50_ms']} ms, "
+            f"p99 {r['p99_ms']} ms (the run of median p99 of {len(runs)}; p50/p99 of each: "
+            f"{spread} ms) | {r['requests']:,} requests, "
             f"{r['requests_per_s']} req/s, p90 {r['p90_ms']} ms, max {r['max_ms']} ms, errors "
-            f"{r['error_count']} {r['errors'] or ''}, /health after: {r['health_after']} | p99 ≤ 50 ms, "
-            f"0 errors | {'yes' if met else 'NO'} |")
+            f"(all runs) {r['error_count']} {r['errors'] or ''}, /health after: "
+            f"{r['health_after']} | p99 ≤ 50 ms, 0 errors | {'yes' if met else 'NO'} |")
     cost = results["breakdown"]
     lines += ["", f"CPU seconds per step of one score() call on the {cost['claims']:,}-claim batch "
               "(one chunk), and of a single-claim call, against the "
@@ -341,6 +357,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=500_000)
     parser.add_argument("--rest-seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rest-repeats", type=int, default=3,
+                        help="load runs per REST server; the median-p99 run is reported")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="server worker processes; one REST run per value")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/medfraud-bench-scoring"))
@@ -362,7 +380,8 @@ def main() -> None:
         data_dir, model_dir, info = build_model(args.workdir, n)
         models[f"{n}"] = info
         for workers in args.workers:
-            result = bench_rest(data_dir, model_dir, args.clients, args.rest_seconds, workers)
+            result = bench_rest(data_dir, model_dir, args.clients, args.rest_seconds, workers,
+                                args.rest_repeats)
             result["context_claims"] = info["history_claims"]
             print("rest", result, flush=True)
             rest.append(result)
