@@ -91,7 +91,7 @@ class RuleInputs:
     # batch's history is most of the lines, and a string-keyed join per frame cost more
     # than all the gathers.
     index_lines: bool = False
-    # True: the claims may hold copies of one claim under the ids of COPY_SEPARATOR; the
+    # True: the claims may hold copies of a claim, under its id + COPY_SEPARATOR + k; the
     # DRG reference population (the only cross-patient statistic of a claim rule) keeps
     # one row per original claim.
     claim_copies: bool = False
