@@ -420,3 +420,35 @@ def test_claims_of_one_patient_share_a_batch_in_lanes_without_crosstalk(app, cla
     assert pair is not None, "the held-out claims hold no patient with two claims"
     assert app.state.batcher.max_lanes > 1
     _assert_pair_batched_without_crosstalk(app, pair)
+
+
+def test_lanes_keep_exact_scores_when_a_request_of_the_batch_is_rejected(app, claims_json):
+    """A batch holding two lanes of one patient and a request the input check rejects: the
+    rejected one gets its 422, the others score as they do alone."""
+    by_patient: dict[str, list[dict]] = {}
+    for claim in claims_json:
+        if claim["drg_weight"] is None:
+            by_patient.setdefault(claim["patient_id"], []).append(claim)
+    pair = next(tuple(g[:2]) for g in by_patient.values() if len(g) >= 2)
+    ghost = _with(next(c for c in claims_json if c["patient_id"] != pair[0]["patient_id"]),
+                  patient_id="P_GHOST")
+    with TestClient(app) as c:
+        alone = {claim["claim_id"]: c.post("/score", json={"claims": [claim]}).json()["scores"][0]
+                 for claim in pair}
+
+    async def burst():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
+            async with app.router.lifespan_context(app):
+                return await asyncio.gather(*[ac.post("/score", json={"claims": [claim]})
+                                              for claim in (pair[0], ghost, pair[1])])
+
+    batcher = app.state.batcher
+    batcher.largest_batch = 0
+    first, rejected, second = asyncio.run(burst())
+    assert batcher.largest_batch == 3  # one batch: two lanes and the rejected request
+    assert rejected.status_code == 422 and "claims[0].patient_id" in _error_fields(rejected)
+    for r in (first, second):
+        assert r.status_code == 200, r.text
+        s = r.json()["scores"][0]
+        assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
+        assert s["reasons"] == alone[s["claim_id"]]["reasons"]
