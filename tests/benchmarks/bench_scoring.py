@@ -291,7 +291,7 @@ def bench_rest(data_dir: Path, model_dir: Path, clients: int, seconds: float, wo
         runs = [asyncio.run(_load(f"{base}/score", payloads, clients, seconds))
                 for _ in range(repeats)]
         result = dict(sorted(runs, key=lambda r: r["p99_ms"] or 1e9)[len(runs) // 2])
-        result["runs"] = [{"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+        result["runs"] = [{"requests": r["requests"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                            "error_count": r["error_count"]} for r in runs]
         result["error_count"] = sum(r["error_count"] for r in runs)
         result["clients"] = clients
