@@ -169,54 +169,58 @@ def test_unknown_route_and_method(client):
     _ok_health(client)
 
 
-def test_concurrent_requests_are_batched_without_crosstalk(app, claims_json):
-    """Requests scored together give the same scores as alone (no shared patient/doctor)."""
-    alone = {}
+def _scores_alone(app, claims: list[dict]) -> dict[str, dict]:
+    """claim_id -> the score of each claim posted on its own."""
     with TestClient(app) as c:
-        for claim in claims_json[:8]:
-            alone[claim["claim_id"]] = c.post("/score", json={"claims": [claim]}).json()["scores"][0]
+        return {claim["claim_id"]: c.post("/score", json={"claims": [claim]}).json()["scores"][0]
+                for claim in claims}
 
+
+def _post_together(app, claims: list[dict]) -> list[httpx.Response]:
+    """Post each claim as its own request, all at once (the batcher's largest_batch reset
+    first); the responses in the order of ``claims``."""
     async def burst():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
-            batcher_started = app.router.lifespan_context(app)
-            async with batcher_started:
-                responses = await asyncio.gather(*[ac.post("/score", json={"claims": [c]})
-                                                   for c in claims_json[:8] * 3])
-        return responses
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
+            async with app.router.lifespan_context(app):
+                return await asyncio.gather(*[ac.post("/score", json={"claims": [c]})
+                                              for c in claims])
 
     app.state.batcher.largest_batch = 0
-    responses = asyncio.run(burst())
-    assert all(r.status_code == 200 for r in responses)
-    assert app.state.batcher.largest_batch > 1  # requests really were scored together
+    return asyncio.run(burst())
+
+
+def _assert_scored_as_alone(responses: list[httpx.Response], alone: dict[str, dict]) -> None:
     for r in responses:
+        assert r.status_code == 200, r.text
         s = r.json()["scores"][0]
         assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
         assert s["reasons"] == alone[s["claim_id"]]["reasons"]
+
+
+def _patient_pair(claims_json: list[dict]) -> tuple[dict, dict] | None:
+    """Two claims (no DRG stay) of one patient, or None."""
+    by_patient: dict[str, list[dict]] = {}
+    for claim in claims_json:
+        if claim["drg_weight"] is None:
+            by_patient.setdefault(claim["patient_id"], []).append(claim)
+    return next((tuple(g[:2]) for g in by_patient.values() if len(g) >= 2), None)
+
+
+def test_concurrent_requests_are_batched_without_crosstalk(app, claims_json):
+    """Requests scored together give the same scores as alone (no shared patient/doctor)."""
+    alone = _scores_alone(app, claims_json[:8])
+    responses = _post_together(app, claims_json[:8] * 3)
+    assert app.state.batcher.largest_batch > 1  # requests really were scored together
+    _assert_scored_as_alone(responses, alone)
 
 
 def _assert_pair_batched_without_crosstalk(app, pair: tuple[dict, dict]) -> None:
     """Both claims of ``pair``, posted four times each at once, share a batch (repeats of
     one id never do) and score exactly as each does alone."""
-    with TestClient(app) as c:
-        alone = {claim["claim_id"]: c.post("/score", json={"claims": [claim]}).json()["scores"][0]
-                 for claim in pair}
-
-    async def burst():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
-            async with app.router.lifespan_context(app):
-                return await asyncio.gather(*[ac.post("/score", json={"claims": [c]})
-                                              for c in pair * 4])
-
-    batcher = app.state.batcher
-    batcher.largest_batch = 0
-    responses = asyncio.run(burst())
-    assert all(r.status_code == 200 for r in responses)
-    assert batcher.largest_batch == 2
-    for r in responses:
-        s = r.json()["scores"][0]
-        assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
-        assert s["reasons"] == alone[s["claim_id"]]["reasons"]
+    alone = _scores_alone(app, list(pair))
+    responses = _post_together(app, list(pair) * 4)
+    assert app.state.batcher.largest_batch == 2
+    _assert_scored_as_alone(responses, alone)
 
 
 def test_a_doctor_on_different_days_is_batched_without_crosstalk(app, claims_json):
@@ -412,11 +416,7 @@ def test_claims_of_one_doctor_day_and_facility_are_batched_without_crosstalk(app
 def test_claims_of_one_patient_share_a_batch_in_lanes_without_crosstalk(app, claims_json):
     """Two claims of one patient go to separate lanes of one batch and score as they do
     alone (their features and rules would otherwise see each other)."""
-    by_patient: dict[str, list[dict]] = {}
-    for claim in claims_json:
-        if claim["drg_weight"] is None:
-            by_patient.setdefault(claim["patient_id"], []).append(claim)
-    pair = next((tuple(g[:2]) for g in by_patient.values() if len(g) >= 2), None)
+    pair = _patient_pair(claims_json)
     assert pair is not None, "the held-out claims hold no patient with two claims"
     assert app.state.batcher.max_lanes > 1
     _assert_pair_batched_without_crosstalk(app, pair)
@@ -425,30 +425,12 @@ def test_claims_of_one_patient_share_a_batch_in_lanes_without_crosstalk(app, cla
 def test_lanes_keep_exact_scores_when_a_request_of_the_batch_is_rejected(app, claims_json):
     """A batch holding two lanes of one patient and a request the input check rejects: the
     rejected one gets its 422, the others score as they do alone."""
-    by_patient: dict[str, list[dict]] = {}
-    for claim in claims_json:
-        if claim["drg_weight"] is None:
-            by_patient.setdefault(claim["patient_id"], []).append(claim)
-    pair = next(tuple(g[:2]) for g in by_patient.values() if len(g) >= 2)
+    pair = _patient_pair(claims_json)
+    assert pair is not None, "the held-out claims hold no patient with two claims"
     ghost = _with(next(c for c in claims_json if c["patient_id"] != pair[0]["patient_id"]),
                   patient_id="P_GHOST")
-    with TestClient(app) as c:
-        alone = {claim["claim_id"]: c.post("/score", json={"claims": [claim]}).json()["scores"][0]
-                 for claim in pair}
-
-    async def burst():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
-            async with app.router.lifespan_context(app):
-                return await asyncio.gather(*[ac.post("/score", json={"claims": [claim]})
-                                              for claim in (pair[0], ghost, pair[1])])
-
-    batcher = app.state.batcher
-    batcher.largest_batch = 0
-    first, rejected, second = asyncio.run(burst())
-    assert batcher.largest_batch == 3  # one batch: two lanes and the rejected request
+    alone = _scores_alone(app, list(pair))
+    first, rejected, second = _post_together(app, [pair[0], ghost, pair[1]])
+    assert app.state.batcher.largest_batch == 3  # one batch: two lanes and the rejected request
     assert rejected.status_code == 422 and "claims[0].patient_id" in _error_fields(rejected)
-    for r in (first, second):
-        assert r.status_code == 200, r.text
-        s = r.json()["scores"][0]
-        assert s["risk"] == pytest.approx(alone[s["claim_id"]]["risk"], abs=1e-12)
-        assert s["reasons"] == alone[s["claim_id"]]["reasons"]
+    _assert_scored_as_alone([first, second], alone)
