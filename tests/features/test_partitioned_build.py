@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+import medfraud.features as features_module
 import medfraud.features.claims as claims_module
 from medfraud.features import _sort_by_column, build_features
 
@@ -71,20 +72,27 @@ def test_partitioned_build_with_claims_stored_out_of_order(toy_dataset, tmp_path
                            abs_tol=1e-9)
 
 
-def test_claim_frame_order_follows_the_scan_when_sorted(toy_dataset, monkeypatch):
+@pytest.mark.parametrize(("name", "per_partition"), [("toy_dataset", 3),
+                                                      ("tiny_dataset", 1_000)])
+def test_claim_frame_order_follows_the_scan_when_sorted(request, monkeypatch, name,
+                                                        per_partition):
     """With claims stored in claim_id order the partitions are put back in order by their
-    scan position (integer sort) — same frame as the single pass."""
-    whole = _frames(toy_dataset, levels=["claim"])
-    monkeypatch.setattr(claims_module, "CLAIMS_PER_PARTITION", 3)
+    scan position (integer sort), with no string sort after it — same frame as the single
+    pass."""
+    dataset = request.getfixturevalue(name)
+    whole = _frames(dataset, levels=["claim"])
+    monkeypatch.setattr(claims_module, "CLAIMS_PER_PARTITION", per_partition)
     calls = []
-    original = claims_module.sort_by_column
 
-    def spy(frame, key):
-        calls.append(key)
-        return original(frame, key)
+    def spy(original):
+        def sort(frame, key):
+            calls.append(key)
+            return original(frame, key)
+        return sort
 
-    monkeypatch.setattr(claims_module, "sort_by_column", spy)
-    parts = _frames(toy_dataset, levels=["claim"])
+    monkeypatch.setattr(claims_module, "sort_by_column", spy(claims_module.sort_by_column))
+    monkeypatch.setattr(features_module, "_sort_by_column", spy(features_module._sort_by_column))
+    parts = _frames(dataset, levels=["claim"])
     assert calls == ["_row"]
     assert_frame_equal(whole["claim"], parts["claim"], check_exact=False, rel_tol=1e-9,
                        abs_tol=1e-9)

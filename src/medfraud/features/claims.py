@@ -103,10 +103,12 @@ def _claim_key(claims: pl.LazyFrame | pl.DataFrame) -> pl.Expr:
     return pl.col("claim_id")
 
 
-def _claims_base(tables: Tables, window: Window, attributes: bool = True) -> pl.LazyFrame:
+def _claims_base(tables: Tables, window: Window, attributes: bool = True,
+                 row_index: bool = False) -> pl.LazyFrame:
     """Claims in ``window`` joined with the duty roster's facility of the doctor that day
     (``_roster_facility``) and, with ``attributes``, the patient, doctor and facility
-    attributes used below (:func:`_join_attributes`).
+    attributes used below (:func:`_join_attributes`); with ``row_index``, ``_row``
+    (UInt32): the claim's position among the window's claims in the table's order.
 
     The roster grows with the doctors: joined here, in the one pass that splits the claims
     into partitions, instead of once per partition.  Its key (doctor_id, date) is unique in
@@ -114,8 +116,11 @@ def _claims_base(tables: Tables, window: Window, attributes: bool = True) -> pl.
     """
     roster = tables.duty_roster.select(pl.col("doctor_id"), pl.col("date").alias("service_date"),
                                        pl.col("facility_id").alias("_roster_facility"))
-    base = (tables.claims.filter(in_window("service_date", window))
-            .join(roster, on=["doctor_id", "service_date"], how="left"))
+    base = tables.claims.filter(in_window("service_date", window))
+    if row_index:
+        # Numbered before the join: the streaming join does not keep the scan's order.
+        base = base.with_row_index("_row")
+    base = base.join(roster, on=["doctor_id", "service_date"], how="left")
     return _join_attributes(tables, base) if attributes else base
 
 
@@ -582,7 +587,9 @@ def sort_by_column(frame: pl.DataFrame, key: str) -> pl.DataFrame:
     names = frame.columns
     sorted_columns = []
     for name in names:
-        sorted_columns.append(frame.drop_in_place(name).gather(order))
+        # One chunk first: a gather over the partitions' chunks looks up each row's chunk,
+        # ~2.5x the CPU of the copy plus a gather over one (polars 2.1).
+        sorted_columns.append(frame.drop_in_place(name).rechunk().gather(order))
     return pl.DataFrame(sorted_columns)
 
 
@@ -607,7 +614,7 @@ def _spill_partitions(tables: Tables, window: Window, n_parts: int, folder: Path
     key = _claim_key(window_claims.select("claim_id"))
     owners = window_claims.select(key.alias("_ckey"), part)
     frames = {
-        "claims": _claims_base(tables, window, attributes=False).with_row_index("_row")
+        "claims": _claims_base(tables, window, attributes=False, row_index=True)
         .with_columns(part),
         "lines": tables.claim_lines.drop("unit_price").with_columns(key.alias("_ckey"))
         .drop("claim_id").join(owners, on="_ckey", how="inner"),
