@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from medfraud.config import DatasetConfig, DetectorConfig
 from medfraud.dataset import InMemoryDataset
@@ -345,3 +346,35 @@ def test_sweep_points_are_tagged_children_with_identical_keys(quickstart_run, tm
     assert {"rules[base=0.5]", "rules[base=2.0]"} <= set(table.columns)
     parent_artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
     assert "plots/sweep_base.png" in parent_artifacts
+
+
+def test_window_features_and_rules_share_one_split(tiny_dataset, monkeypatch):
+    """build_window_features splits the claims by patient once for the features and the
+    rules, and gives what each gives splitting on its own."""
+    import medfraud.dataset as dataset_module
+    import medfraud.features.claims as claims_module
+    import medfraud.partitions as partitions_module
+    import medfraud.rules.engine as rules_engine
+    from medfraud.config import load_experiment
+    from medfraud.experiment import build_window_features
+    from medfraud.features import build_features
+    from medfraud.rules import evaluate_rules, load_catalogue
+
+    for module in (claims_module, partitions_module, rules_engine):
+        monkeypatch.setattr(module, "CLAIMS_PER_PARTITION", 1_000)
+    spills = []
+    original = dataset_module.spill_partitions
+    monkeypatch.setattr(partitions_module, "spill_partitions",
+                        lambda *args: spills.append(args[1]) or original(*args))
+    config = load_experiment(REPO / "experiments/quickstart.yaml")
+    window = (date(2024, 3, 1), date(2024, 6, 30))  # the tiny preset ends on 2024-06-30
+    catalogue = load_catalogue()
+    shared = build_window_features(config, tiny_dataset, window, catalogue=catalogue)
+    assert len(spills) == 1
+    alone = build_features(tiny_dataset, window, levels=tuple(config.features.levels))
+    for level, frame in alone.frames.items():
+        assert_frame_equal(shared.frames[level], frame, check_exact=False, rel_tol=1e-9,
+                           abs_tol=1e-9)
+    # Cent rounding of summed line amounts may differ across partitionings.
+    assert_frame_equal(shared.rule_hits, evaluate_rules(tiny_dataset, catalogue, window=window),
+                       check_exact=False, rel_tol=0, abs_tol=0.0100001)

@@ -175,12 +175,20 @@ def build_window_features(config: ExperimentConfig, dataset: Dataset, window: An
     from medfraud.features import FeatureParams, build_features
 
     params = FeatureParams(**config.features.params) if config.features.params else None
-    features = build_features(dataset, window, levels=tuple(config.features.levels),
-                              reference_window=reference_window, params=params)
-    if catalogue is not None:
+    if catalogue is None:
+        features = build_features(dataset, window, levels=tuple(config.features.levels),
+                                  reference_window=reference_window, params=params)
+    else:
+        from medfraud.partitions import split_by_patient
         from medfraud.rules import evaluate_rules
 
-        features.rule_hits = evaluate_rules(dataset, catalogue, window=window)
+        # One split by patient for both (the rules read history from the first claim).
+        with split_by_patient(dataset, end=None if window is None else window[1]) as parts:
+            features = build_features(dataset, window, levels=tuple(config.features.levels),
+                                      reference_window=reference_window, params=params,
+                                      partitions=parts)
+            features.rule_hits = evaluate_rules(dataset, catalogue, window=window,
+                                                partitions=parts)
     if with_graph:
         from medfraud.graph.build import build_claims_graph
 

@@ -31,14 +31,17 @@ def run_rules(path: str) -> None:
 
 
 def run_features_and_rules(path: str) -> None:
-    """Features at every level, then the rules: what an experiment computes per window."""
+    """Features at every level, then the rules, over one split by patient: what an
+    experiment computes per window (``medfraud.experiment.build_window_features``)."""
     from medfraud.dataset import Dataset
     from medfraud.features import build_features
+    from medfraud.partitions import split_by_patient
     from medfraud.rules import evaluate_rules
 
     dataset = Dataset(path)
-    features = build_features(dataset)
-    features.rule_hits = evaluate_rules(dataset)
+    with split_by_patient(dataset) as partitions:
+        features = build_features(dataset, partitions=partitions)
+        features.rule_hits = evaluate_rules(dataset, partitions=partitions)
 
 
 CASES = {"rules": ("bench_rules", "run_rules"),

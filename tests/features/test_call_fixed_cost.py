@@ -71,7 +71,7 @@ def test_window_count_is_read_only_for_large_tables(tiny_dataset, monkeypatch):
     # partitions: a window holding fewer claims than the bound still runs in one pass.
     monkeypatch.setattr(claims_module, "CLAIMS_PER_PARTITION", 3_000)
     calls = []
-    monkeypatch.setattr(claims_module, "_spill_partitions",
+    monkeypatch.setattr(claims_module, "split_by_patient",
                         lambda *a, **k: calls.append(a) or pytest.fail("spilled"))
     window = (date(2024, 4, 1), date(2024, 4, 30))
     assert _claims(tiny_dataset, window=window).height < 3_000

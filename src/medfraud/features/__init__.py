@@ -31,6 +31,7 @@ from medfraud.features.entities import (
 from medfraud.features.frameset import FeatureSet
 from medfraud.features.graph_tabular import GRAPH_FEATURES, graph_features
 from medfraud.features.peers import PEER_FEATURES, peer_deviation
+from medfraud.partitions import PatientPartitions
 from medfraud.schema import LEVEL_ID, LEVELS
 
 __all__ = ["ClaimReference", "FeatureParams", "FeatureSet", "build_features", "claim_reference",
@@ -81,7 +82,8 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
                    levels: Sequence[str] = LEVELS,
                    reference_window: tuple[date, date] | None = None,
                    params: FeatureParams | None = None,
-                   claim_reference: ClaimReference | None = None) -> FeatureSet:
+                   claim_reference: ClaimReference | None = None,
+                   partitions: PatientPartitions | None = None) -> FeatureSet:
     """Compute features of the claims whose service_date lies in ``window``.
 
     Parameters
@@ -96,6 +98,9 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
     claim_reference : claim peer statistics fitted beforehand by :func:`claim_reference`
         (on this dataset or on a snapshot of it); ``reference_window`` then defaults to,
         and must equal, its window.
+    partitions : this dataset split by patient (:func:`medfraud.partitions.split_by_patient`),
+        shared with the audit rules of the same window: the claim features read it instead
+        of splitting the window themselves, when it holds every claim of the window.
 
     Returns
     -------
@@ -123,7 +128,8 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
         claim_reference = fit_claim_reference(tables, reference_window)
 
     # The claim frame feeds every level: materialise it once instead of recomputing per level.
-    claims = claim_features(tables, window, reference_window, params, claim_reference)
+    claims = claim_features(tables, window, reference_window, params, claim_reference,
+                            partitions)
     if claims.height == 0:
         raise ValueError(f"{dataset.path}: no claims with service_date in window {window}")
     entity_levels = tuple(lvl for lvl in ENTITY_LEVELS if lvl in levels)
@@ -138,7 +144,7 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
                 reference = collected
             else:
                 ref_claims = claim_features(tables, reference_window, reference_window,
-                                            params, claim_reference)
+                                            params, claim_reference, partitions)
                 reference = _collect(_entity_stage(ref_claims, tables, reference_window,
                                                    peer_levels, params))
             collected = _collect(peer_deviation(

@@ -10,15 +10,12 @@ group-by (refills, duplicates, drug aggregates), readmissions from a window func
 from __future__ import annotations
 
 import functools
-import math
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 
-from medfraud.dataset import PARTITION_SEED, patient_partition, spill_partitions
+from medfraud.dataset import PARTITION_SEED
 from medfraud.features._common import (
     FeatureParams,
     Tables,
@@ -26,8 +23,15 @@ from medfraud.features._common import (
     apply_peer_stats,
     days_between,
     in_window,
-    peer_stats,
     robust_stats,
+)
+from medfraud.partitions import (
+    CLAIMS_PER_PARTITION,
+    ROSTER_COLUMN,
+    ROW_COLUMN,
+    PatientPartitions,
+    claim_join_key,
+    split_by_patient,
 )
 
 CONTEXT_COLUMNS = ["patient_id", "doctor_id", "facility_id", "pharmacy_id", "service_date",
@@ -63,10 +67,6 @@ CLAIM_FEATURES = [
 HELPER_COLUMNS = ["_drug_amount", "_high_value_amount", "_month", "diagnosis_code"]
 
 
-# Claim-level features are computed in partitions of about this many claims (by patient
-# hash: every patient-history feature stays inside one partition), so the joined claim and
-# line frames of one partition, not of the whole window, bound the peak memory.
-CLAIMS_PER_PARTITION = 250_000
 _PARTITION_SEED = PARTITION_SEED  # also seeds the id hashes inside a partition
 # Up to this many claims a plan's execution costs less than its optimisation (a scoring call:
 # 16 claims, ~40 plan nodes): only projection and predicate pushdown are kept then, and the
@@ -92,36 +92,26 @@ def _claim_key(claims: pl.LazyFrame | pl.DataFrame) -> pl.Expr:
     """Join key of claim_id for joins of lines with ``claims``: its 64-bit hash (a hash
     join on integers, about half the cost of one on the strings) when the hashes of
     ``claims`` are all distinct, else claim_id itself, so joins stay exact."""
-    hashed = pl.col("claim_id").hash(_PARTITION_SEED)
-    if isinstance(claims, pl.DataFrame):  # Series methods: no query plan
-        distinct = claims.get_column("claim_id").hash(_PARTITION_SEED).n_unique()
-        return hashed if distinct == claims.height else pl.col("claim_id")
-    counts = claims.select(hashed.n_unique().alias("hashes"), pl.len().alias("claims")) \
-        .collect(engine="streaming")
-    if counts.item(0, "hashes") == counts.item(0, "claims"):
-        return hashed
-    return pl.col("claim_id")
+    if isinstance(claims, pl.LazyFrame):
+        return claim_join_key(claims)
+    # Series methods: no query plan
+    distinct = claims.get_column("claim_id").hash(_PARTITION_SEED).n_unique()
+    return pl.col("claim_id").hash(_PARTITION_SEED) if distinct == claims.height \
+        else pl.col("claim_id")
 
 
-def _claims_base(tables: Tables, window: Window, attributes: bool = True,
-                 row_index: bool = False) -> pl.LazyFrame:
+def _claims_base(tables: Tables, window: Window) -> pl.LazyFrame:
     """Claims in ``window`` joined with the duty roster's facility of the doctor that day
-    (``_roster_facility``) and, with ``attributes``, the patient, doctor and facility
-    attributes used below (:func:`_join_attributes`); with ``row_index``, ``_row``
-    (UInt32): the claim's position among the window's claims in the table's order.
-
-    The roster grows with the doctors: joined here, in the one pass that splits the claims
-    into partitions, instead of once per partition.  Its key (doctor_id, date) is unique in
-    a valid dataset, so the join adds no rows.
+    (``_roster_facility``) and the patient, doctor and facility attributes used below
+    (:func:`_join_attributes`): the claim base of a window processed in one partition
+    (:func:`medfraud.partitions.split_by_patient` joins the roster of larger ones).
+    The roster's key (doctor_id, date) is unique in a valid dataset: the join adds no rows.
     """
     roster = tables.duty_roster.select(pl.col("doctor_id"), pl.col("date").alias("service_date"),
-                                       pl.col("facility_id").alias("_roster_facility"))
-    base = tables.claims.filter(in_window("service_date", window))
-    if row_index:
-        # Numbered before the join: the streaming join does not keep the scan's order.
-        base = base.with_row_index("_row")
-    base = base.join(roster, on=["doctor_id", "service_date"], how="left")
-    return _join_attributes(tables, base) if attributes else base
+                                       pl.col("facility_id").alias(ROSTER_COLUMN))
+    base = (tables.claims.filter(in_window("service_date", window))
+            .join(roster, on=["doctor_id", "service_date"], how="left"))
+    return _join_attributes(tables, base)
 
 
 def _patient_attributes(tables: Tables) -> pl.LazyFrame:
@@ -148,16 +138,13 @@ def _join_attributes(tables: Tables, claims: pl.LazyFrame,
 
 
 def _lines_base(tables: Tables, claims: pl.DataFrame, params: FeatureParams,
-                raw_lines: pl.LazyFrame | None = None,
-                line_key: pl.Expr | None = None) -> pl.LazyFrame:
+                raw_lines: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Lines of ``claims`` with claim context and, for drug lines, the catalogue attributes.
 
     ``claims`` : a claim frame from :func:`_keyed_claims` (``_cidx``, ``_pkey``).
     ``raw_lines`` : claim_lines rows to read (default the whole table); a partition passes
     its own lines.  The line's claim_id is replaced by the claim's ``_cidx`` and ``_pkey``
     (every later group-by, sort and join of lines uses these integers).
-    ``line_key`` : None, or the :func:`_claim_key` expression the lines of ``raw_lines``
-    were already keyed with (their ``_ckey`` column, in place of claim_id and unit_price).
     """
     raw_lines = tables.claim_lines if raw_lines is None else raw_lines
     price = pl.col("unit_price")
@@ -167,13 +154,11 @@ def _lines_base(tables: Tables, claims: pl.DataFrame, params: FeatureParams,
         # The catalogue quantile broadcast in the same select (no cross join).
         (price > price.quantile(params.high_value_quantile)).alias("_high_value"),
     )
-    key = _claim_key(claims) if line_key is None else line_key
+    key = _claim_key(claims)
     context = claims.lazy().select(key.alias("_ckey"), "_cidx", "_pkey", "service_date",
                                    "sex", "birth_date", "chronic", "_department",
                                    "_fac_level")
-    if line_key is None:
-        raw_lines = raw_lines.drop("unit_price").with_columns(key.alias("_ckey")) \
-            .drop("claim_id")
+    raw_lines = raw_lines.drop("unit_price").with_columns(key.alias("_ckey")).drop("claim_id")
     return (
         raw_lines.join(context, on="_ckey", how="inner").drop("_ckey")
         .join(drugs, on="item_code", how="left")
@@ -516,8 +501,8 @@ def _doctor_day(claims: pl.LazyFrame) -> pl.DataFrame:
 
 
 def claim_features(tables: Tables, window: Window, reference_window: Window,
-                   params: FeatureParams, reference: ClaimReference | None = None
-                   ) -> pl.DataFrame:
+                   params: FeatureParams, reference: ClaimReference | None = None,
+                   partitions: PatientPartitions | None = None) -> pl.DataFrame:
     """Claim-level frame: claim_id, context columns, CLAIM_FEATURES and HELPER_COLUMNS.
 
     Parameters
@@ -528,6 +513,8 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
     params : thresholds.
     reference : precomputed statistics of ``reference_window`` (see
         :func:`fit_claim_reference`); fitted here when None.
+    partitions : a split of this dataset by patient (:func:`medfraud.partitions.split_by_patient`)
+        holding every claim of ``window``, to read instead of splitting the window here.
 
     Returns
     -------
@@ -549,10 +536,9 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
     if n_claims > CLAIMS_PER_PARTITION:
         n_claims = tables.claims.filter(in_window("service_date", window)).select(pl.len()) \
             .collect().item()
-    n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION))
     stats = (reference if reference is not None
              else fit_claim_reference(tables, reference_window)).stats
-    if n_parts == 1:
+    if n_claims <= CLAIMS_PER_PARTITION:
         # The doctor-day exceptions then come from the collected claim base (no rescan).
         return _claim_partition(tables, _claims_base(tables, window), tables.claim_lines,
                                 params, stats, None, max_claims=n_claims)
@@ -564,16 +550,33 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
     scan_sorted = window_claims.select(
         (pl.col("claim_id") >= pl.col("claim_id").shift(1)).all()
     ).collect(engine="streaming").item()
-    with tempfile.TemporaryDirectory(prefix="medfraud-features-") as tmp:
-        sources, line_key = _spill_partitions(tables, window, n_parts, Path(tmp))
-        parts = [_claim_partition(tables, _join_attributes(tables, claims, patients), lines,
-                                  params, stats, doctor_day, ordered=False, line_key=line_key)
-                 for claims, lines, patients in sources]
-    frame = pl.concat(parts, how="vertical", rechunk=False)
-    del parts
+    start, end = window if window is not None else (None, None)
+    if partitions is not None and partitions.covers(start, end):
+        frame = _partitioned(tables, partitions, window, params, stats, doctor_day)
+    else:
+        split = {"claims": tables.claims, "claim_lines": tables.claim_lines,
+                 "patients": tables.patients, "duty_roster": tables.duty_roster}
+        with split_by_patient(split, window=window,
+                              claims_per_partition=CLAIMS_PER_PARTITION) as own:
+            frame = _partitioned(tables, own, window, params, stats, doctor_day)
     if scan_sorted:
-        return sort_by_column(frame, "_row").drop("_row")
-    return frame.drop("_row")  # build_features sorts by claim_id
+        return sort_by_column(frame, ROW_COLUMN).drop(ROW_COLUMN)
+    return frame.drop(ROW_COLUMN)  # build_features sorts by claim_id
+
+
+def _partitioned(tables: Tables, partitions: PatientPartitions, window: Window,
+                 params: FeatureParams, stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]],
+                 doctor_day: pl.DataFrame) -> pl.DataFrame:
+    """:func:`_claim_partition` of the claims of ``window`` in each partition, concatenated
+    (in no particular order; ``_row`` kept)."""
+    attributes = _patient_attributes(tables).collect_schema().names()
+    parts = []
+    for part in partitions.parts:
+        claims = part["claims"].filter(in_window("service_date", window))
+        base = _join_attributes(tables, claims, part["patients"].select(attributes))
+        parts.append(_claim_partition(tables, base, part["claim_lines"], params, stats,
+                                      doctor_day, ordered=False))
+    return pl.concat(parts, how="vertical", rechunk=False)
 
 
 def sort_by_column(frame: pl.DataFrame, key: str) -> pl.DataFrame:
@@ -591,38 +594,6 @@ def sort_by_column(frame: pl.DataFrame, key: str) -> pl.DataFrame:
         # ~2.5x the CPU of the copy plus a gather over one (polars 2.1).
         sorted_columns.append(frame.drop_in_place(name).rechunk().gather(order))
     return pl.DataFrame(sorted_columns)
-
-
-def _spill_partitions(tables: Tables, window: Window, n_parts: int, folder: Path
-                      ) -> tuple[list[tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]], pl.Expr]:
-    """Split the claims of ``window`` (with their roster facility), their claim lines and
-    the patient registry into ``n_parts`` patient partitions
-    (:func:`medfraud.dataset.spill_partitions`).
-
-    Lines are written with the claim key ``_ckey`` (:func:`_claim_key` of the window, exact)
-    in place of claim_id, and without unit_price (unused): less to write and read back, and
-    no string hashing per partition.  Patients are split by the same patient hash, so each
-    partition joins its claims with its own patients.
-
-    Returns
-    -------
-    (one (claims base, lines, patient attributes) triple of lazy scans per non-empty
-    partition, the claim key expression of the lines).
-    """
-    part = patient_partition(n_parts)
-    window_claims = tables.claims.filter(in_window("service_date", window))
-    key = _claim_key(window_claims.select("claim_id"))
-    owners = window_claims.select(key.alias("_ckey"), part)
-    frames = {
-        "claims": _claims_base(tables, window, attributes=False, row_index=True)
-        .with_columns(part),
-        "lines": tables.claim_lines.drop("unit_price").with_columns(key.alias("_ckey"))
-        .drop("claim_id").join(owners, on="_ckey", how="inner"),
-        "patients": _patient_attributes(tables).with_columns(part),
-    }
-    sources = [(scans["claims"], scans["lines"], scans["patients"])
-               for scans in spill_partitions(frames, n_parts, folder)]
-    return sources, key
 
 
 def _injective_key(frame: pl.DataFrame, column: str, key: str) -> pl.DataFrame:
@@ -653,8 +624,7 @@ def _keyed_claims(claims_base: pl.LazyFrame, max_claims: int | None = None) -> p
 def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.LazyFrame,
                      params: FeatureParams, stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]],
                      doctor_day: pl.DataFrame | None, ordered: bool = True,
-                     max_claims: int | None = None,
-                     line_key: pl.Expr | None = None) -> pl.DataFrame:
+                     max_claims: int | None = None) -> pl.DataFrame:
     """Claim features of the claims of ``claims_base`` (one patient partition, or the whole
     window), whose lines are among ``raw_lines``; see :func:`claim_features`.
 
@@ -663,14 +633,12 @@ def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.La
     ``ordered`` : return the rows in claim_id order (else in no particular order, for
     partitions that are sorted together afterwards).
     ``max_claims`` : a bound on the claims of ``claims_base`` (None: unknown).
-    ``line_key`` : see :func:`_lines_base` (spilled lines are keyed already).
     """
     # The joined claim and line bases feed several branches; materialising them once is
     # cheaper than relying on common-subplan elimination across all of them.
     claims_df = _keyed_claims(claims_base, max_claims)
     optimizations = _plan_optimizations(claims_df.height)
-    lines: pl.DataFrame | pl.LazyFrame = _lines_base(tables, claims_df, params, raw_lines,
-                                                             line_key)
+    lines: pl.DataFrame | pl.LazyFrame = _lines_base(tables, claims_df, params, raw_lines)
     if claims_df.height <= FEW_CLAIMS:
         # Few claims: the lines stay in the claim plan (one collect fewer), keyed by
         # item_code itself (exact, like the hash fallback; no collected column to check).
@@ -702,7 +670,7 @@ def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.La
     c = c.join(_line_aggregates(lines, stats, params), on="_cidx", how="left") \
         .with_columns(first).with_columns(second)
     # _row: position in the window's scan, present in spilled partitions (see claim_features).
-    row = ["_row"] if "_row" in claims_df.columns else []
+    row = [ROW_COLUMN] if ROW_COLUMN in claims_df.columns else []
     # In-memory engine: on this plan (a dozen joins over frames already in memory) the
     # default engine choice cost ~1.5x the CPU, from 16 claims to 250k (polars 2.1).
     out = c.select(["_cidx", *row, "claim_id", *CONTEXT_COLUMNS, *CLAIM_FEATURES,
@@ -747,9 +715,9 @@ def _claim_exprs(params: FeatureParams) -> tuple[tuple[pl.Expr, ...], tuple[pl.E
         days_between("service_date", "death_date").clip(lower_bound=0).fill_null(0)
         .alias("days_after_death"),
         pl.col("cross_region").cast(pl.Int8).alias("cross_region"),
-        pl.col("_roster_facility").is_not_null().cast(pl.Int8).alias("doctor_on_duty"),
-        (pl.col("_roster_facility").is_not_null()
-         & (pl.col("_roster_facility") != pl.col("facility_id"))).cast(pl.Int8)
+        pl.col(ROSTER_COLUMN).is_not_null().cast(pl.Int8).alias("doctor_on_duty"),
+        (pl.col(ROSTER_COLUMN).is_not_null()
+         & (pl.col(ROSTER_COLUMN) != pl.col("facility_id"))).cast(pl.Int8)
         .alias("doctor_roster_other_facility"),
         (pl.col("setting") == "inpatient").cast(pl.Int8).alias("is_inpatient"),
         los.fill_null(0).alias("length_of_stay"),

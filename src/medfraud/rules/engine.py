@@ -12,9 +12,7 @@ row per (rule, hit id).
 from __future__ import annotations
 
 import functools
-import math
 import os
-import tempfile
 import uuid
 from collections.abc import Mapping
 from datetime import date
@@ -23,7 +21,8 @@ from typing import Literal
 
 import polars as pl
 
-from medfraud.dataset import Dataset, patient_partition, spill_partitions
+from medfraud.dataset import Dataset
+from medfraud.partitions import ROSTER_COLUMN, ROW_COLUMN, PatientPartitions, split_by_patient
 from medfraud.rules.catalogue import Rule, RuleCatalogue, load_catalogue
 from medfraud.rules.inputs import SMALL_INPUT_OPTIMIZATIONS, RuleInputs, combine_drug_sales
 from medfraud.rules.registry import KINDS
@@ -141,61 +140,62 @@ def _rule_query(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
     return _finish(rule, _claim_hits(rule, inputs), inputs)
 
 
-def _spill_partitions(tables: Mapping[str, pl.LazyFrame], n_parts: int, folder: Path
-                      ) -> list[dict[str, pl.LazyFrame]]:
-    """Split claims, claim_lines and patients into ``n_parts`` patient-hash partitions
-    (:func:`medfraud.dataset.spill_partitions`); other tables are shared.  Returns one table
-    mapping per non-empty partition."""
-    part = patient_partition(n_parts)
-    split = {"claims": tables["claims"].with_columns(part)}
-    if "claim_lines" in tables:
-        owners = tables["claims"].select("claim_id", part)
-        split["claim_lines"] = tables["claim_lines"].join(owners, on="claim_id", how="inner")
-    if "patients" in tables:
-        split["patients"] = tables["patients"].with_columns(part)
-    return [{**tables, **scans} for scans in spill_partitions(split, n_parts, folder)]
-
-
 def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date | None,
-              end: date | None, claim_copies: bool = False) -> list[pl.DataFrame]:
+              end: date | None, claim_copies: bool = False,
+              partitions: PatientPartitions | None = None) -> list[pl.DataFrame]:
     """Hits frames of ``rules`` (all of whose tables are in ``lazy``)."""
     local = [r for r in rules if r.kind in PATIENT_LOCAL_KINDS]
+    if local and partitions is not None and partitions.covers(None, end):
+        return _evaluate_partitioned(rules, lazy, start, end, claim_copies, partitions)
     n_claims = lazy["claims"].select(pl.len()).collect(engine="in-memory").item()
-    n_parts = max(1, math.ceil(n_claims / CLAIMS_PER_PARTITION)) if local else 1
-    if n_parts == 1:
-        # The shared inputs are materialised once (RuleInputs).  Inputs up to
-        # COLLECT_TOGETHER_BELOW claims run every rule's query in one parallel collect
-        # on the in-memory engine (on a few claims the streaming engine's fixed cost per
-        # query is half the call); larger ones run one rule at a time, since running the
-        # queries together holds every rule's intermediate frames at once.
-        if n_claims <= COLLECT_TOGETHER_BELOW:
-            small = n_claims <= SMALL_INPUT_CLAIMS
-            # Lines indexed by claim row above a scoring call's size only: on a few
-            # hundred lines its eager steps cost ~1 ms more than the joins they replace.
-            inputs = RuleInputs(lazy, start, end, engine="in-memory", small=small,
-                                index_lines=not small, claim_copies=claim_copies)
-            return pl.collect_all([_rule_query(rule, inputs) for rule in rules],
-                                  engine="in-memory",
-                                  optimizations=(SMALL_INPUT_OPTIMIZATIONS if small
-                                                 else pl.QueryOptFlags()))
-        inputs = RuleInputs(lazy, start, end, claim_copies=claim_copies)
-        return [_rule_query(rule, inputs).collect() for rule in rules]
-    frames = []
+    if local and n_claims > CLAIMS_PER_PARTITION:
+        # History before the window is context of the patient-local kinds: split from the
+        # first claim.
+        with split_by_patient(lazy, end=end, claims_per_partition=CLAIMS_PER_PARTITION,
+                              roster=False) as own:
+            if own is not None:
+                return _evaluate_partitioned(rules, lazy, start, end, claim_copies, own)
+    # The shared inputs are materialised once (RuleInputs).  Inputs up to
+    # COLLECT_TOGETHER_BELOW claims run every rule's query in one parallel collect on the
+    # in-memory engine (on a few claims the streaming engine's fixed cost per query is half
+    # the call); larger ones run one rule at a time, since running the queries together
+    # holds every rule's intermediate frames at once.
+    if n_claims <= COLLECT_TOGETHER_BELOW:
+        small = n_claims <= SMALL_INPUT_CLAIMS
+        # Lines indexed by claim row above a scoring call's size only: on a few hundred
+        # lines its eager steps cost ~1 ms more than the joins they replace.
+        inputs = RuleInputs(lazy, start, end, engine="in-memory", small=small,
+                            index_lines=not small, claim_copies=claim_copies)
+        return pl.collect_all([_rule_query(rule, inputs) for rule in rules],
+                              engine="in-memory",
+                              optimizations=(SMALL_INPUT_OPTIMIZATIONS if small
+                                             else pl.QueryOptFlags()))
+    inputs = RuleInputs(lazy, start, end, claim_copies=claim_copies)
+    return [_rule_query(rule, inputs).collect() for rule in rules]
+
+
+def _evaluate_partitioned(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame],
+                          start: date | None, end: date | None, claim_copies: bool,
+                          partitions: PatientPartitions) -> list[pl.DataFrame]:
+    """:func:`_evaluate` with the patient-local kinds judged partition by partition and the
+    others once over the whole window (lazily)."""
+    local = [r for r in rules if r.kind in PATIENT_LOCAL_KINDS]
     cross = [r for r in rules if r.kind not in PATIENT_LOCAL_KINDS]
     sales_parts = [] if any(r.kind in DRUG_SALES_KINDS for r in cross) else None
-    with tempfile.TemporaryDirectory(prefix="medfraud-rules-") as tmp:
-        hits: dict[str, list[pl.DataFrame]] = {rule.id: [] for rule in local}
-        for part_tables in _spill_partitions(lazy, n_parts, Path(tmp)):
-            inputs = RuleInputs(part_tables, start, end, claim_copies=claim_copies)
-            for rule in local:
-                hits[rule.id].append(_claim_hits(rule, inputs).collect())
-            if sales_parts is not None:
-                sales_parts.append(inputs.drug_sales().collect())
+    hits: dict[str, list[pl.DataFrame]] = {rule.id: [] for rule in local}
+    for part in partitions.parts:
+        # Tables the rules read, the partition's rows in place of the whole table's.
+        split = {name: frame for name, frame in part.items() if name in lazy}
+        split["claims"] = split["claims"].drop(ROW_COLUMN, ROSTER_COLUMN, strict=False)
+        inputs = RuleInputs({**lazy, **split}, start, end, claim_copies=claim_copies)
+        for rule in local:
+            hits[rule.id].append(_claim_hits(rule, inputs).collect())
+        if sales_parts is not None:
+            sales_parts.append(inputs.drug_sales().collect())
     precomputed = {} if not sales_parts else {"drug_sales": combine_drug_sales(sales_parts)}
     whole = RuleInputs(lazy, start, end, memoize=False, precomputed=precomputed,
                        claim_copies=claim_copies)
-    for rule in cross:
-        frames.append(_rule_query(rule, whole).collect(engine="streaming"))
+    frames = [_rule_query(rule, whole).collect(engine="streaming") for rule in cross]
     for rule in local:
         frames.append(_finish(rule, pl.concat(hits[rule.id]).lazy(), whole).collect())
     return frames
@@ -205,7 +205,8 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
                     catalogue: RuleCatalogue | None = None,
                     window: tuple[date, date] | None = None, *,
                     missing: Literal["raise", "skip"] = "raise",
-                    claim_copies: bool = False) -> pl.DataFrame:
+                    claim_copies: bool = False,
+                    partitions: PatientPartitions | None = None) -> pl.DataFrame:
     """Evaluate every enabled rule over contract tables held in memory or lazily.
 
     Parameters
@@ -221,6 +222,10 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
     claim_copies : the claims hold copies of claims under derived ids
         (:data:`~medfraud.rules.inputs.COPY_SEPARATOR`; the scoring model's isolated
         lanes): population statistics count each original claim once.
+    partitions : these tables split by patient from their first claim
+        (:func:`medfraud.partitions.split_by_patient` with ``start=None``), shared with the
+        claim features of the same window: the patient-local kinds read it instead of
+        splitting the claims themselves, when it holds every claim up to the window end.
 
     Returns
     -------
@@ -242,7 +247,7 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
         rules.append(rule)
     if not rules:
         return empty_hits()
-    frames = _evaluate(rules, lazy, start, end, claim_copies)
+    frames = _evaluate(rules, lazy, start, end, claim_copies, partitions)
     if sum(frame.height for frame in frames) <= SORT_TOGETHER_BELOW:
         # (rule_id, id) is unique, so one sort of the few hits gives the same order as
         # the per-rule sorts below without their ~20 queries' fixed cost.
@@ -258,7 +263,8 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
 
 
 def evaluate_rules(dataset: Dataset, catalogue: RuleCatalogue | None = None, *,
-                   window: tuple[date, date] | None = None) -> pl.DataFrame:
+                   window: tuple[date, date] | None = None,
+                   partitions: PatientPartitions | None = None) -> pl.DataFrame:
     """Evaluate the catalogue over a dataset folder; see :func:`evaluate_tables`.
 
     The dataset is assumed valid (``medfraud.schema.validate``); only the tables the
@@ -266,7 +272,8 @@ def evaluate_rules(dataset: Dataset, catalogue: RuleCatalogue | None = None, *,
     """
     catalogue = catalogue if catalogue is not None else load_catalogue()
     needed = sorted({t for rule in catalogue.enabled for t in KINDS[rule.kind].tables})
-    return evaluate_tables({t: dataset.scan(t) for t in needed}, catalogue, window)
+    return evaluate_tables({t: dataset.scan(t) for t in needed}, catalogue, window,
+                           partitions=partitions)
 
 
 def summarise(hits: pl.DataFrame) -> pl.DataFrame:
