@@ -139,3 +139,19 @@ def test_a_split_that_misses_claims_is_not_used(tiny_dataset, monkeypatch, spill
     assert features.frame("claim")["service_date"].max() > date(2024, 5, 15)
     assert_frame_equal(hits, evaluate_rules(tiny_dataset, window=WINDOW), check_exact=False,
                        rel_tol=0, abs_tol=0.0100001)
+
+
+def test_partitions_without_claims_in_the_window(tiny_dataset, monkeypatch):
+    """A split from the first claim has partitions with no claim in a short window: they
+    add nothing, and the features equal the single pass."""
+    day = (date(2024, 6, 30), date(2024, 6, 30))
+    whole = build_features(tiny_dataset, day)
+    monkeypatch.setattr(claims_module, "CLAIMS_PER_PARTITION", 5)
+    with split_by_patient(tiny_dataset, end=day[1], claims_per_partition=300) as shared:
+        in_window = [part["claims"].filter(pl.col("service_date") == day[0])
+                     .select(pl.len()).collect().item() for part in shared.parts]
+        assert 0 in in_window and sum(in_window) == whole.frame("claim").height
+        parts = build_features(tiny_dataset, day, partitions=shared)
+    for level, frame in whole.frames.items():
+        assert_frame_equal(parts.frames[level], frame, check_exact=False, rel_tol=1e-9,
+                           abs_tol=1e-9)

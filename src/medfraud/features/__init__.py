@@ -45,14 +45,16 @@ def feature_columns(level: str) -> list[str]:
     return (ENTITY_FEATURES[level] + GRAPH_FEATURES[level] + PEER_FEATURES.get(level, []))
 
 
-def _entity_stage(claims: pl.DataFrame, tables: Tables, window, levels, params):
-    """Entity + graph frames (lazy) for ``levels`` from the claim frame.
+def _entity_stage(claims: pl.DataFrame, tables: Tables, window, levels, params,
+                  patients: pl.LazyFrame | None = None):
+    """Entity + graph frames (lazy) for ``levels`` from the claim frame (``patients``: the
+    registry rows of its patients, default all).
 
     Both group by integer keys of the ids (:func:`entity_keys`) and join on them; the keys
     are dropped once the id columns are attached.
     """
     keyed, ids = entity_keys(claims)
-    entity = entity_features(keyed, tables, window, levels, ids)
+    entity = entity_features(keyed, tables, window, levels, ids, patients)
     graph = graph_features(keyed, params, levels, ids)
     return {lvl: entity[lvl].join(graph[lvl], on=KEY_COLUMN[lvl], how="left")
             .drop(KEY_COLUMN[lvl]) for lvl in levels}
@@ -127,29 +129,40 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
     if claim_reference is None:
         claim_reference = fit_claim_reference(tables, reference_window)
 
+    patient_parts: list[pl.DataFrame] = []
+
+    def patient_level(claims_of_patients: pl.DataFrame, patients: pl.LazyFrame) -> None:
+        # A patient's claims all lie in one partition: its features are aggregated there,
+        # over a partition's frame instead of the window's (the group-bys' hash tables
+        # then fit the caches, ~25 % less CPU on 5M claims).
+        if claims_of_patients.height:
+            patient_parts.extend(_collect(_entity_stage(
+                claims_of_patients, tables, window, ("patient",), params, patients)).values())
+
     # The claim frame feeds every level: materialise it once instead of recomputing per level.
     claims = claim_features(tables, window, reference_window, params, claim_reference,
-                            partitions)
+                            partitions, patient_level if "patient" in levels else None)
     if claims.height == 0:
         raise ValueError(f"{dataset.path}: no claims with service_date in window {window}")
-    entity_levels = tuple(lvl for lvl in ENTITY_LEVELS if lvl in levels)
     collected: dict[str, pl.DataFrame] = {}
-    if entity_levels:
+    if patient_parts:
+        collected["patient"] = pl.concat(patient_parts)
+    # The other entity levels span patients: aggregated over the whole claim frame.
+    peer_levels = tuple(lvl for lvl in ENTITY_LEVELS if lvl in levels and lvl != "patient")
+    if peer_levels:
         # Entity and graph aggregates are collected before the peer step: peer statistics
         # join each frame with itself many times, which is cheap on materialised frames.
-        collected = _collect(_entity_stage(claims, tables, window, entity_levels, params))
-        peer_levels = tuple(lvl for lvl in entity_levels if lvl != "patient")
-        if peer_levels:
-            if reference_window == window:
-                reference = collected
-            else:
-                ref_claims = claim_features(tables, reference_window, reference_window,
-                                            params, claim_reference, partitions)
-                reference = _collect(_entity_stage(ref_claims, tables, reference_window,
-                                                   peer_levels, params))
-            collected = _collect(peer_deviation(
-                {lvl: f.lazy() for lvl, f in collected.items()},
-                {lvl: f.lazy() for lvl, f in reference.items()}, tables))
+        collected |= _collect(_entity_stage(claims, tables, window, peer_levels, params))
+        if reference_window == window:
+            reference = collected
+        else:
+            ref_claims = claim_features(tables, reference_window, reference_window,
+                                        params, claim_reference, partitions)
+            reference = _collect(_entity_stage(ref_claims, tables, reference_window,
+                                               peer_levels, params))
+        collected = _collect(peer_deviation(
+            {lvl: f.lazy() for lvl, f in collected.items()},
+            {lvl: f.lazy() for lvl, f in reference.items()}, tables))
 
     out: dict[str, pl.DataFrame] = {}
     columns: dict[str, list[str]] = {}

@@ -10,7 +10,7 @@ group-by (refills, duplicates, drug aggregates), readmissions from a window func
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import polars as pl
@@ -67,6 +67,8 @@ CLAIM_FEATURES = [
 HELPER_COLUMNS = ["_drug_amount", "_high_value_amount", "_month", "diagnosis_code"]
 
 
+# See claim_features(each_partition=...).
+PartitionCallback = Callable[[pl.DataFrame, pl.LazyFrame], None]
 _PARTITION_SEED = PARTITION_SEED  # also seeds the id hashes inside a partition
 # Up to this many claims a plan's execution costs less than its optimisation (a scoring call:
 # 16 claims, ~40 plan nodes): only projection and predicate pushdown are kept then, and the
@@ -502,7 +504,8 @@ def _doctor_day(claims: pl.LazyFrame) -> pl.DataFrame:
 
 def claim_features(tables: Tables, window: Window, reference_window: Window,
                    params: FeatureParams, reference: ClaimReference | None = None,
-                   partitions: PatientPartitions | None = None) -> pl.DataFrame:
+                   partitions: PatientPartitions | None = None,
+                   each_partition: PartitionCallback | None = None) -> pl.DataFrame:
     """Claim-level frame: claim_id, context columns, CLAIM_FEATURES and HELPER_COLUMNS.
 
     Parameters
@@ -515,6 +518,11 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
         :func:`fit_claim_reference`); fitted here when None.
     partitions : a split of this dataset by patient (:func:`medfraud.partitions.split_by_patient`)
         holding every claim of ``window``, to read instead of splitting the window here.
+    each_partition : called with each partition's rows of the returned frame (every claim
+        of ``window`` of the partition's patients, in no particular order) and the lazy
+        registry rows of those patients, once per partition (once with the whole frame
+        and registry when there is one): for work on whole patients' claims, done while
+        a partition's frame is small.
 
     Returns
     -------
@@ -540,8 +548,11 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
              else fit_claim_reference(tables, reference_window)).stats
     if n_claims <= CLAIMS_PER_PARTITION:
         # The doctor-day exceptions then come from the collected claim base (no rescan).
-        return _claim_partition(tables, _claims_base(tables, window), tables.claim_lines,
-                                params, stats, None, max_claims=n_claims)
+        frame = _claim_partition(tables, _claims_base(tables, window), tables.claim_lines,
+                                 params, stats, None, max_claims=n_claims)
+        if each_partition is not None:
+            each_partition(frame, tables.patients)
+        return frame
     window_claims = tables.claims.filter(in_window("service_date", window))
     doctor_day = _doctor_day(window_claims)
     # Claim tables are usually stored in claim_id order: then the position of a claim in
@@ -552,13 +563,15 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
     ).collect(engine="streaming").item()
     start, end = window if window is not None else (None, None)
     if partitions is not None and partitions.covers(start, end):
-        frame = _partitioned(tables, partitions, window, params, stats, doctor_day)
+        frame = _partitioned(tables, partitions, window, params, stats, doctor_day,
+                             each_partition)
     else:
         split = {"claims": tables.claims, "claim_lines": tables.claim_lines,
                  "patients": tables.patients, "duty_roster": tables.duty_roster}
         with split_by_patient(split, window=window,
                               claims_per_partition=CLAIMS_PER_PARTITION) as own:
-            frame = _partitioned(tables, own, window, params, stats, doctor_day)
+            frame = _partitioned(tables, own, window, params, stats, doctor_day,
+                                 each_partition)
     if scan_sorted:
         return sort_by_column(frame, ROW_COLUMN).drop(ROW_COLUMN)
     return frame.drop(ROW_COLUMN)  # build_features sorts by claim_id
@@ -566,9 +579,11 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
 
 def _partitioned(tables: Tables, partitions: PatientPartitions, window: Window,
                  params: FeatureParams, stats: Mapping[str, tuple[pl.DataFrame, pl.DataFrame]],
-                 doctor_day: pl.DataFrame) -> pl.DataFrame:
+                 doctor_day: pl.DataFrame, each_partition: PartitionCallback | None
+                 ) -> pl.DataFrame:
     """:func:`_claim_partition` of the claims of ``window`` in each partition, concatenated
-    (in no particular order; ``_row`` kept)."""
+    (in no particular order; ``_row`` kept); see :func:`claim_features` for
+    ``each_partition``."""
     attributes = _patient_attributes(tables).collect_schema().names()
     parts = []
     for part in partitions.parts:
@@ -576,6 +591,8 @@ def _partitioned(tables: Tables, partitions: PatientPartitions, window: Window,
         base = _join_attributes(tables, claims, part["patients"].select(attributes))
         parts.append(_claim_partition(tables, base, part["claim_lines"], params, stats,
                                       doctor_day, ordered=False))
+        if each_partition is not None:
+            each_partition(parts[-1], part["patients"])
     return pl.concat(parts, how="vertical", rechunk=False)
 
 

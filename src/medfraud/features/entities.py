@@ -188,13 +188,13 @@ def _max_claims_one_pharmacy_month(claims: pl.LazyFrame, key: str) -> pl.LazyFra
     )
 
 
-def _patient_age(frame: pl.LazyFrame, tables: Tables) -> pl.LazyFrame:
+def _patient_age(frame: pl.LazyFrame, patients: pl.LazyFrame) -> pl.LazyFrame:
     """Age in years at the patient's first claim of the window (``_first``), from the registry.
 
     Identity checks need it: an age over ~105 or below 0 (born after the first claim) is an
     impossible registry record, the mark of an invented insured person.
     """
-    return frame.join(tables.patients.select("patient_id", "birth_date"), on="patient_id",
+    return frame.join(patients.select("patient_id", "birth_date"), on="patient_id",
                       how="left").with_columns(
         ((pl.col("_first") - pl.col("birth_date")).dt.total_days() / 365.25)
         .alias("age_at_first_claim"))
@@ -253,8 +253,8 @@ def inventory_features(tables: Tables, window: Window) -> pl.LazyFrame:
 
 def entity_features(claims: pl.LazyFrame, tables: Tables, window: Window,
                     levels: tuple[str, ...] = ENTITY_LEVELS,
-                    ids: Mapping[str, pl.DataFrame | None] | None = None
-                    ) -> dict[str, pl.LazyFrame]:
+                    ids: Mapping[str, pl.DataFrame | None] | None = None,
+                    patients: pl.LazyFrame | None = None) -> dict[str, pl.LazyFrame]:
     """Lazy entity frames by level: id column + ``ENTITY_FEATURES[level]``.
 
     Parameters
@@ -265,6 +265,8 @@ def entity_features(claims: pl.LazyFrame, tables: Tables, window: Window,
     levels : entity levels to build.
     ids : from :func:`entity_keys` when ``claims`` holds its key columns: the aggregates
         then group by the keys, and the frames also hold the key column.
+    patients : registry rows holding every patient of ``claims`` (their birth dates);
+        default the whole registry.
 
     Returns
     -------
@@ -281,7 +283,7 @@ def entity_features(claims: pl.LazyFrame, tables: Tables, window: Window,
             frame = frame.join(_max_claims_one_pharmacy_month(own, key), on=key, how="left")
         frame = attach_ids(frame, level, ids)
         if level == "patient":
-            frame = _patient_age(frame, tables)
+            frame = _patient_age(frame, tables.patients if patients is None else patients)
         if level == "pharmacy":
             frame = frame.join(inventory_features(tables, window), on=id_col, how="left")
         names = ENTITY_FEATURES[level]
