@@ -339,11 +339,17 @@ def age_at(birth: pl.Expr, on: pl.Expr) -> pl.Expr:
     return years - before_birthday.cast(pl.Int32)
 
 
+# Amounts at stake are summed in whole micro-yuan: integer addition does not depend on the
+# order the lines reach the sum (which varies with the threads and partitions), so the
+# amount rounded to cents is the same on every run.
+_MICRO = 1_000_000
+
+
 def per_claim(hits: pl.LazyFrame, amount: pl.Expr) -> pl.LazyFrame:
     """Collapse line- or pair-level hits to one row per claim: the claim-kind output."""
     return hits.group_by("claim_id").agg(
         pl.col("service_date").first(),
-        amount.sum().cast(pl.Float64).alias("amount_at_stake"),
+        ((amount * _MICRO).round().cast(pl.Int64).sum() / _MICRO).alias("amount_at_stake"),
     )
 
 
