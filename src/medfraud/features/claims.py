@@ -399,32 +399,48 @@ _PEER_GROUPS = {
 _drg_amount = pl.when(pl.col("drg_group").is_not_null()).then(pl.col("total_amount"))
 
 
-def _hashed_peer_stats(source: pl.LazyFrame, keys: list[str], value: str, prefix: str,
+def _key_hash(prefix: str) -> pl.Expr:
+    """64-bit hash of the group keys of peer group ``prefix`` (column ``_key{prefix}``)."""
+    return pl.struct(_PEER_GROUPS[prefix][0]).hash(_PARTITION_SEED).alias(f"_key{prefix}")
+
+
+def _hashed_peer_stats(source: pl.LazyFrame, prefixes: list[str],
                        candidates: pl.LazyFrame | None = None
-                       ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """:func:`peer_stats` of ``source`` with bounded memory: exact medians need every value
-    of a group in memory, so the rows are first reduced to a 64-bit hash of the group keys
-    plus the value (16 bytes a row instead of the string keys); the few distinct key
-    combinations are mapped back afterwards (collision odds ~groups²/2^65, negligible).
-    ``candidates`` : a small frame of ``keys`` holding every combination present in
-    ``source`` (default: read them from ``source``, one more pass over it)."""
-    key_hash = pl.struct(keys).hash(_PARTITION_SEED).alias("_key")
-    narrow = source.select(key_hash, value).collect(engine="streaming").lazy()
-    names = (source if candidates is None else candidates).select(*keys, key_hash).unique() \
+                       ) -> dict[str, tuple[pl.DataFrame, pl.DataFrame]]:
+    """:func:`peer_stats` of the peer groups ``prefixes`` (of :data:`_PEER_GROUPS`) over
+    ``source``, with bounded memory: exact medians need every value of a group in memory,
+    so the rows are first reduced to a 64-bit hash of each group's keys plus its value (16
+    bytes a row and group instead of the string keys), in one pass for all the groups; the
+    few distinct key combinations are mapped back afterwards (collision odds
+    ~groups²/2^65, negligible).  ``candidates`` : a small frame of the groups' keys holding
+    every combination present in ``source`` (default: read them from ``source``, one more
+    pass over it)."""
+    values = [_PEER_GROUPS[prefix][1] for prefix in prefixes]
+    hashes = [_key_hash(prefix) for prefix in prefixes]
+    narrow = source.select(*hashes, *sorted(set(values))).collect(engine="streaming")
+    keys = sorted({key for prefix in prefixes for key in _PEER_GROUPS[prefix][0]})
+    names = (source if candidates is None else candidates).select(*keys, *hashes).unique() \
         .collect(engine="streaming")
-    by_hash, overall = pl.collect_all([robust_stats(narrow, ["_key"], value, prefix),
-                                       robust_stats(narrow, [], value, "_g")])
-    group = names.join(by_hash, on="_key", how="inner").drop("_key")
-    return group, overall
+    out = {}
+    for prefix, value, key_hash in zip(prefixes, values, hashes, strict=True):
+        key = key_hash.meta.output_name()
+        rows = narrow.lazy().select(pl.col(key).alias("_key"), value)
+        by_hash, overall = pl.collect_all([robust_stats(rows, ["_key"], value, prefix),
+                                           robust_stats(rows, [], value, "_g")])
+        group_keys = _PEER_GROUPS[prefix][0]
+        group_names = names.select(*group_keys, pl.col(key).alias("_key")).unique()
+        out[prefix] = (group_names.join(by_hash, on="_key", how="inner").drop("_key"), overall)
+    return out
 
 
 def _reference_stats(tables: Tables, reference_window: Window
                      ) -> dict[str, tuple[pl.DataFrame, pl.DataFrame]]:
     """Peer statistics of every claim-level peer group, fitted on ``reference_window``.
 
-    Computed once, one group at a time over narrow hashed projections (see
-    :func:`_hashed_peer_stats`), so the partitions of :func:`claim_features` share them
-    and memory stays far below that of the claim frame.
+    Computed once, over narrow hashed projections (see :func:`_hashed_peer_stats`): the
+    claim groups in one pass over the claims, the drug group in one over the drug lines,
+    so the partitions of :func:`claim_features` share them and memory stays far below that
+    of the claim frame.
 
     Returns
     -------
@@ -446,10 +462,9 @@ def _reference_stats(tables: Tables, reference_window: Window
     no_level = pl.LazyFrame({"_fac_level": [None]}).cast(levels.collect_schema())
     drug_levels = (tables.claim_lines.filter(pl.col("item_type") == "drug").select("item_code")
                    .unique().join(pl.concat([levels, no_level]).unique(), how="cross"))
-    return {prefix: _hashed_peer_stats(drug_lines if prefix == "_drug_amt" else claims,
-                                       keys, value, prefix,
-                                       drug_levels if prefix == "_drug_amt" else None)
-            for prefix, (keys, value) in _PEER_GROUPS.items()}
+    stats = _hashed_peer_stats(claims, [p for p in _PEER_GROUPS if p != "_drug_amt"])
+    stats |= _hashed_peer_stats(drug_lines, ["_drug_amt"], drug_levels)
+    return {prefix: stats[prefix] for prefix in _PEER_GROUPS}
 
 
 @dataclass(frozen=True)
