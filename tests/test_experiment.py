@@ -376,3 +376,21 @@ def test_window_features_and_rules_share_one_split(tiny_dataset, monkeypatch):
         assert_frame_equal(shared.frames[level], frame, check_exact=False, rel_tol=1e-9,
                            abs_tol=1e-9)
     assert_frame_equal(shared.rule_hits, evaluate_rules(tiny_dataset, catalogue, window=window))
+
+
+def test_window_partitions_reach_the_latest_window_end(tiny_dataset, monkeypatch):
+    """The experiment's one split serves both windows: from the first claim (the rules'
+    history) to the later end; an open window (None) splits everything."""
+    import medfraud.partitions as partitions_module
+    from medfraud.experiment import window_partitions
+
+    monkeypatch.setattr(partitions_module, "CLAIMS_PER_PARTITION", 1_000)
+    train, test = (date(2024, 1, 1), date(2024, 3, 31)), (date(2024, 4, 1), date(2024, 5, 31))
+    with window_partitions(tiny_dataset, train, test) as parts:
+        assert (parts.start, parts.end) == (None, test[1])
+        assert parts.covers(None, train[1]) and parts.covers(*test)
+        last = max(part["claims"].select(pl.col("service_date").max()).collect().item()
+                   for part in parts.parts)
+        assert last == date(2024, 5, 31)
+    with window_partitions(tiny_dataset, train, None) as parts:
+        assert parts.end is None

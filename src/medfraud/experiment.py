@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from medfraud.dataset import Dataset
 from medfraud.detectors.base import Detector, make_detector
 from medfraud.features.frameset import FeatureSet
 from medfraud.labels import TYPOLOGY_LEVEL, Labels
+from medfraud.partitions import PatientPartitions, split_by_patient
 from medfraud.schema import LEVEL_ID, LEVELS, TYPOLOGIES, validate
 
 GRAPH_FAMILIES = frozenset({"gnn", "graph_tree", "ring"})
@@ -168,27 +170,46 @@ def make_split(config: ExperimentConfig, dataset: Dataset, labels: Labels | None
     return builder(dataset, **params)
 
 
+def window_partitions(dataset: Dataset, *windows: Any
+                      ) -> AbstractContextManager[PatientPartitions | None]:
+    """One split of ``dataset`` by patient (:func:`medfraud.partitions.split_by_patient`)
+    holding what the features and rules of every window need: the claims from the first
+    (the rules read history) to the latest window end."""
+    ends = [None if window is None else window[1] for window in windows]
+    return split_by_patient(dataset, end=None if None in ends else max(ends))
+
+
 def build_window_features(config: ExperimentConfig, dataset: Dataset, window: Any,
                           reference_window: Any = None, catalogue: Any = None,
-                          with_graph: bool = False) -> FeatureSet:
-    """Features, rule hits and (optionally) the graph of one window."""
+                          with_graph: bool = False,
+                          partitions: PatientPartitions | None = None) -> FeatureSet:
+    """Features, rule hits and (optionally) the graph of one window.
+
+    ``partitions`` : a :func:`window_partitions` split shared with other windows; by
+    default one is made here when the rules run (features and rules then share it).
+    """
+    if partitions is None and catalogue is not None:
+        with window_partitions(dataset, window) as own:
+            return _window_features(config, dataset, window, reference_window, catalogue,
+                                    with_graph, own)
+    return _window_features(config, dataset, window, reference_window, catalogue, with_graph,
+                            partitions)
+
+
+def _window_features(config: ExperimentConfig, dataset: Dataset, window: Any,
+                     reference_window: Any, catalogue: Any, with_graph: bool,
+                     partitions: PatientPartitions | None) -> FeatureSet:
     from medfraud.features import FeatureParams, build_features
 
     params = FeatureParams(**config.features.params) if config.features.params else None
-    if catalogue is None:
-        features = build_features(dataset, window, levels=tuple(config.features.levels),
-                                  reference_window=reference_window, params=params)
-    else:
-        from medfraud.partitions import split_by_patient
+    features = build_features(dataset, window, levels=tuple(config.features.levels),
+                              reference_window=reference_window, params=params,
+                              partitions=partitions)
+    if catalogue is not None:
         from medfraud.rules import evaluate_rules
 
-        # One split by patient for both (the rules read history from the first claim).
-        with split_by_patient(dataset, end=None if window is None else window[1]) as parts:
-            features = build_features(dataset, window, levels=tuple(config.features.levels),
-                                      reference_window=reference_window, params=params,
-                                      partitions=parts)
-            features.rule_hits = evaluate_rules(dataset, catalogue, window=window,
-                                                partitions=parts)
+        features.rule_hits = evaluate_rules(dataset, catalogue, window=window,
+                                            partitions=partitions)
     if with_graph:
         from medfraud.graph.build import build_claims_graph
 
@@ -394,12 +415,15 @@ def _run_point(config: ExperimentConfig, point: dict[str, Any], label: str, bar:
     with_graph = any(d.family in GRAPH_FAMILIES for d in config.detectors.values())
     # Each side keeps only its own rows: with a grouped split the train window also holds
     # claims of test-side doctors, which must neither train nor be scored as train.
-    train = side_of(build_window_features(config, dataset, split.train_window, None, catalogue,
-                                          with_graph), split, "train")
-    bar.step(f"train features{where}")
-    test = side_of(build_window_features(config, dataset, split.test_window, split.train_window,
-                                         catalogue, with_graph), split, "test")
-    bar.step(f"test features{where}")
+    # One split by patient serves the features and rules of both windows.
+    with window_partitions(dataset, split.train_window, split.test_window) as partitions:
+        train = side_of(build_window_features(config, dataset, split.train_window, None,
+                                              catalogue, with_graph, partitions), split, "train")
+        bar.step(f"train features{where}")
+        test = side_of(build_window_features(config, dataset, split.test_window,
+                                             split.train_window, catalogue, with_graph,
+                                             partitions), split, "test")
+        bar.step(f"test features{where}")
     in_scope = {lvl: test.ids(lvl) for lvl in test.levels}
     amounts = _amounts(test)
     fitted: dict[str, Detector] = {}

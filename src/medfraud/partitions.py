@@ -5,11 +5,15 @@ on large datasets both run patient partition by patient partition.  Splitting th
 their lines and the patient registry is one streaming pass that writes them to Parquet
 (:func:`medfraud.dataset.spill_partitions`); :func:`split_by_patient` makes that pass once
 so that ``build_features(..., partitions=)`` and ``evaluate_rules(..., partitions=)`` of
-the same window share it instead of each writing its own::
+the same window share it instead of each writing its own.  The rules read history before
+their window, so a shared split starts at the first claim::
 
-    with split_by_patient(dataset, window=(start, end)) as partitions:
+    with split_by_patient(dataset, end=end) as partitions:
         features = build_features(dataset, (start, end), partitions=partitions)
         hits = evaluate_rules(dataset, window=(start, end), partitions=partitions)
+
+A consumer given a split that misses some claim it needs (it ends too early, or starts
+after the rules' history) ignores it and splits for itself.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Public API::
 
     load_catalogue(path=None) -> RuleCatalogue
-    evaluate_rules(dataset, catalogue=None, *, window=None) -> pl.DataFrame   # hits
+    evaluate_rules(dataset, catalogue=None, *, window=None, partitions=None)
+        -> pl.DataFrame   # hits
     evaluate_tables(tables, catalogue=None, window=None) -> pl.DataFrame
     summarise(hits) -> pl.DataFrame
 
