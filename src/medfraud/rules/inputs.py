@@ -280,12 +280,16 @@ class RuleInputs:
         return drug_sales(self._any_drug_lines())
 
     def _any_drug_lines(self) -> pl.LazyFrame:
-        # Drug lines with claim context, whatever their item_code: stock counts every
-        # unit billed; drug_lines keeps the catalogue's drugs only.
+        # Drug lines with their claim's pharmacy and date, whatever their item_code: stock
+        # counts every unit billed; drug_lines keeps the catalogue's drugs only.
         if self._indexed():
             return self._memo_frame("any_drug_lines", lambda: self._gathered_lines(
                 ["drug"], None, ["pharmacy_id", "service_date"])).lazy()
-        return self._memo("any_drug_lines", lambda: self._joined_lines(["drug"], None))
+        lines = self._memo("claim_lines", lambda: self.tables["claim_lines"])
+        return (lines.filter(is_in("item_type", ["drug"]))
+                .select("claim_id", "item_code", "quantity")
+                .join(self.claims(["claim_id", "pharmacy_id", "service_date"]), on="claim_id",
+                      how="inner"))
 
     def drug_lines(self, since: date | None = None, columns: list[str] | None = None
                    ) -> pl.LazyFrame:
@@ -308,11 +312,27 @@ class RuleInputs:
                 self.lines(["drug"], since=since)
                 .join(self.table("drugs").select(_DRUG_COLUMNS), on="item_code", how="inner")
                 .collect(engine="in-memory"))).lazy()
-        lines = self._memo("drug_lines", lambda: self._any_drug_lines().join(
-            self.table("drugs").select(_DRUG_COLUMNS), on="item_code", how="inner"))
+        lines = self._memo("drug_lines", self._catalogued_drug_lines)
         if since is not None:
             lines = lines.filter(pl.col("service_date") >= since)
         return lines if columns is None else lines.select(columns)
+
+
+    def _catalogued_drug_lines(self) -> pl.LazyFrame:
+        """Drug lines of the catalogue's drugs with claim context and catalogue columns.
+
+        The catalogue is joined to the bare lines first and the claim context last: each
+        join copies every column of its left side, and the context's seven string columns
+        are the widest part (copying them twice cost ~40 % more on 250k-claim partitions).
+        """
+        raw = self._memo("claim_lines", lambda: self.tables["claim_lines"])
+        drugs = self.table("drugs").select(_DRUG_COLUMNS)
+        order = [*raw.collect_schema().names(), *CLAIM_CONTEXT[1:],
+                 *drugs.collect_schema().names()[1:]]
+        return (raw.filter(is_in("item_type", ["drug"]))
+                .join(drugs, on="item_code", how="inner")
+                .join(self.claims(), on="claim_id", how="inner")
+                .select(order))
 
 
 def drug_sales(lines: pl.LazyFrame) -> pl.LazyFrame:
