@@ -701,7 +701,7 @@ def _claim_partition(tables: Tables, claims_base: pl.LazyFrame, raw_lines: pl.La
     first, second = _claim_exprs(params)
     c = c.join(_line_aggregates(lines, stats, params), on="_cidx", how="left") \
         .with_columns(first).with_columns(second)
-    # _row: position in the window's scan, present in spilled partitions (see claim_features).
+    # _row: position in the split's scan, present in split partitions (see claim_features).
     row = [ROW_COLUMN] if ROW_COLUMN in claims_df.columns else []
     # In-memory engine: on this plan (a dozen joins over frames already in memory) the
     # default engine choice cost ~1.5x the CPU, from 16 claims to 250k (polars 2.1).
