@@ -18,6 +18,7 @@ after the rules' history) ignores it and splits for itself.
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -68,13 +69,18 @@ class PatientPartitions:
                 and (self.end is None or (end is not None and end <= self.end)))
 
 
-def _dated(claims: pl.LazyFrame, start: date | None, end: date | None) -> pl.LazyFrame:
-    date_ = pl.col("service_date")
+@functools.lru_cache(maxsize=64)
+def service_dates(start: date | None, end: date | None) -> pl.Expr:
+    """``start <= service_date <= end`` (a None bound is open; both None: every row);
+    cached per window, since every rule of a call filters by it."""
+    bounds = []
     if start is not None:
-        claims = claims.filter(date_ >= start)
+        bounds.append(pl.col("service_date") >= start)
     if end is not None:
-        claims = claims.filter(date_ <= end)
-    return claims
+        bounds.append(pl.col("service_date") <= end)
+    if not bounds:
+        return pl.lit(True)
+    return bounds[0] if len(bounds) == 1 else pl.all_horizontal(bounds)
 
 
 def claim_join_key(claims: pl.LazyFrame) -> pl.Expr:
@@ -119,7 +125,7 @@ def split_by_patient(tables: Dataset | Mapping[str, pl.LazyFrame], start: date |
         names = [*SPLIT_TABLES, *(["duty_roster"] if roster else [])]
         tables = {name: tables.scan(name) for name in names}
     per_part = claims_per_partition or CLAIMS_PER_PARTITION
-    dated = _dated(tables["claims"], start, end)
+    dated = tables["claims"].filter(service_dates(start, end))
     n_claims = dated.select(pl.len()).collect(engine="streaming").item()
     if n_claims <= per_part:
         yield None

@@ -22,7 +22,13 @@ from typing import Literal
 import polars as pl
 
 from medfraud.dataset import Dataset
-from medfraud.partitions import ROSTER_COLUMN, ROW_COLUMN, PatientPartitions, split_by_patient
+from medfraud.partitions import (
+    ROSTER_COLUMN,
+    ROW_COLUMN,
+    PatientPartitions,
+    service_dates,
+    split_by_patient,
+)
 from medfraud.rules.catalogue import Rule, RuleCatalogue, load_catalogue
 from medfraud.rules.inputs import SMALL_INPUT_OPTIMIZATIONS, RuleInputs, combine_drug_sales
 from medfraud.rules.registry import KINDS
@@ -88,20 +94,8 @@ def _claim_hits(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
     kind = KINDS[rule.kind]
     hits = kind.function(inputs, rule.parsed_params())
     if kind.level == "claim" and (inputs.start is not None or inputs.end is not None):
-        hits = hits.filter(_in_window(inputs.start, inputs.end))
+        hits = hits.filter(service_dates(inputs.start, inputs.end))
     return hits
-
-
-@functools.lru_cache(maxsize=64)
-def _in_window(start: date | None, end: date | None) -> pl.Expr:
-    """``start <= service_date <= end`` (a None bound is open); cached per window, since
-    every rule of a call filters by it."""
-    cond = []
-    if start is not None:
-        cond.append(pl.col("service_date") >= start)
-    if end is not None:
-        cond.append(pl.col("service_date") <= end)
-    return pl.all_horizontal(cond) if len(cond) > 1 else cond[0]
 
 
 def _finish(rule: Rule, hits: pl.LazyFrame, inputs: RuleInputs) -> pl.LazyFrame:
