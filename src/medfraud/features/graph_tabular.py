@@ -15,8 +15,7 @@ from collections.abc import Mapping
 import polars as pl
 
 from medfraud.features._common import FeatureParams
-from medfraud.features.entities import ENTITY_LEVELS, attach_ids, key_column
-from medfraud.schema import LEVEL_ID
+from medfraud.features.entities import ENTITY_LEVELS, key_column
 
 GRAPH_FEATURES = {
     "patient": ["deg_doctors", "deg_facilities", "deg_pharmacies", "doctor_hhi"],
