@@ -30,6 +30,14 @@ def check_feature_set(features: FeatureSet) -> None:
         assert frame[LEVEL_ID[level]].is_unique().all()
         for name in cols:
             assert frame.schema[name] in NUMERIC, f"{level}.{name} is {frame.schema[name]}"
+        # Claim features are stored narrow (Float32 / Int32, no 64-bit feature column);
+        # entity aggregates stay Float64; money keeps its contract dtype everywhere.
+        wide, narrow = (pl.Float64, pl.Int64), (pl.Float32,)
+        unexpected = [name for name in cols
+                      if frame.schema[name] in (wide if level == "claim" else narrow)]
+        assert not unexpected, f"{level}: {unexpected} are not of the level's width"
+        if level == "claim":
+            assert frame.schema["total_amount"] == frame.schema["fund_paid"] == pl.Float64
         nulls = {c: n for c, n in frame.select(cols).null_count().row(0, named=True).items() if n}
         assert not nulls, f"{level}: null feature values {nulls}"
         matrix = features.matrix(level)

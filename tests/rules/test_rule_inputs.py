@@ -202,7 +202,7 @@ def test_window_scoped_line_kinds_equal_general_path(tiny_dataset, monkeypatch, 
     monkeypatch.setattr(engine, "COLLECT_TOGETHER_BELOW", 0)  # lazy joins, rule by rule
     general = evaluate_rules(tiny_dataset, catalogue, window=window)
     assert indexed.height > 0
-    assert set(indexed.filter(pl.col("rule_id").str.starts_with("X"))["rule_id"]) == {
+    assert set(indexed.filter(pl.col("rule_id").cat.starts_with("X"))["rule_id"]) == {
         "X01", "X02", "X03", "X04"}
     assert indexed.equals(general)
 

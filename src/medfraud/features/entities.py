@@ -128,9 +128,11 @@ def _window_aggregates(claims: pl.LazyFrame, id_col: str, *extra: pl.Expr) -> pl
     extra_inputs = sorted({name for e in extra for name in e.meta.root_names()}
                           - {id_col, *sums, "amount_dx_z", "service_date"})
     per_claim = claims.select(
-        id_col, *sums, "amount_dx_z", "service_date", *extra_inputs,
+        id_col, *sums, pl.col("amount_dx_z").cast(pl.Float64), "service_date", *extra_inputs,
         *[flag.cast(pl.Float64).alias(name) for name, flag in flags.items()],
-        pl.when(pl.col("drg_weight") > 0).then(pl.col("drg_weight")).alias("_drg"),
+        # Claim features are Float32 (see claims._NARROW_FEATURES); entity means are Float64.
+        pl.when(pl.col("drg_weight") > 0).then(pl.col("drg_weight").cast(pl.Float64))
+        .alias("_drg"),
         (pl.col("days_after_death") > 0).alias("_after_death"),
     )
 

@@ -34,10 +34,13 @@ from medfraud.rules.inputs import SMALL_INPUT_OPTIMIZATIONS, RuleInputs, combine
 from medfraud.rules.registry import KINDS
 from medfraud.schema import LEVEL_ID
 
+# The columns a rule repeats on every hit are Categorical: hits can outnumber claims, and
+# a 4-byte code instead of a string per row is ~40 % of the frame (1.2 -> 0.7 GiB for the
+# 17M hits of 10M claims).  They compare with strings and sort lexically like String.
 HITS_SCHEMA = {
-    "level": pl.String, "id": pl.String, "rule_id": pl.String, "kind": pl.String,
-    "reason_code": pl.String, "severity": pl.Int8, "stage": pl.String,
-    "result_class": pl.String, "amount_at_stake": pl.Float64,
+    "level": pl.Categorical, "id": pl.String, "rule_id": pl.Categorical,
+    "kind": pl.Categorical, "reason_code": pl.Categorical, "severity": pl.Int8,
+    "stage": pl.Categorical, "result_class": pl.Categorical, "amount_at_stake": pl.Float64,
 }
 
 
@@ -117,14 +120,14 @@ def _hit_columns(level: str, rule_id: str, kind: str, reason_code: str, severity
     """The :data:`HITS_SCHEMA` expressions of a rule.  Cached: building ~10 expressions
     per rule is a measurable part of a call scoring a handful of claims."""
     return (
-        pl.lit(level, pl.String).alias("level"),
+        pl.lit(level, pl.Categorical).alias("level"),
         pl.col(LEVEL_ID[level]).cast(pl.String).alias("id"),
-        pl.lit(rule_id, pl.String).alias("rule_id"),
-        pl.lit(kind, pl.String).alias("kind"),
-        pl.lit(reason_code, pl.String).alias("reason_code"),
+        pl.lit(rule_id, pl.Categorical).alias("rule_id"),
+        pl.lit(kind, pl.Categorical).alias("kind"),
+        pl.lit(reason_code, pl.Categorical).alias("reason_code"),
         pl.lit(severity, pl.Int8).alias("severity"),
-        pl.lit(stage, pl.String).alias("stage"),
-        pl.lit(result_class, pl.String).alias("result_class"),
+        pl.lit(stage, pl.Categorical).alias("stage"),
+        pl.lit(result_class, pl.Categorical).alias("result_class"),
         pl.col("amount_at_stake").cast(pl.Float64).fill_null(0.0).round(2),
     )
 
