@@ -7,9 +7,10 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from rules_testkit import claim, line, make_tables
 
-from medfraud.rules.inputs import RuleInputs, cum_max_in_runs, run_starts, shift_in_runs
+from medfraud.rules.inputs import CLAIM_COLUMNS, RuleInputs, cum_max_in_runs, run_starts, shift_in_runs
 
 
 def _sorted_frame(seed: int, n: int = 2_000) -> pl.DataFrame:
@@ -55,17 +56,37 @@ def test_narrowed_lines_equal_filtered_lines():
     assert narrowed["claim_id"].to_list() == ["C1", "C1"]  # C2 is after the window end
 
 
-def test_several_values_equals_n_unique():
-    from medfraud.rules.kinds.providers import _several
-
+def test_several_facility_days_equals_n_unique():
+    # Over the window's claims in the settings; a null facility counts as one more value.
     rng = np.random.default_rng(3)
-    frame = pl.DataFrame({"g": rng.integers(0, 2_000, 3_000),
-                          "v": pl.Series(rng.choice(["F1", "F2", "F10"], 3_000))
-                          .set(pl.Series(rng.random(3_000) < 0.05), None)})
-    got = frame.select(_several(pl.col("v"), ["g"]).alias("m"))["m"]
-    want = frame.select((pl.col("v").n_unique().over("g") > 1).alias("m"))["m"]
-    assert got.equals(want)
-    assert got.any() and not got.all()
+    n = 3_000
+    claims = pl.DataFrame({
+        "claim_id": [f"C{i}" for i in range(n)],
+        "doctor_id": rng.choice(["D1", "D2", "D3", "D4"], n),
+        "facility_id": pl.Series(rng.choice(["F1", "F2", "F10"], n))
+        .set(pl.Series(rng.random(n) < 0.05), None),
+        "setting": rng.choice(["outpatient", "inpatient", "pharmacy"], n),
+        "service_date": [date(2024, 1, 1) + timedelta(days=int(d))
+                         for d in rng.integers(0, 400, n)],
+    })
+    claims = claims.with_columns(pl.lit(None).alias(c) for c in CLAIM_COLUMNS
+                                 if c not in claims.columns)
+    window = (date(2024, 3, 1), date(2024, 12, 31))
+    inputs = RuleInputs({"claims": claims.lazy()}, *window)
+    got = inputs.several_facility_days(("outpatient", "inpatient")).collect()
+    want = (claims.filter(pl.col("setting").is_in(["outpatient", "inpatient"]),
+                          pl.col("service_date").is_between(*window))
+            .group_by("doctor_id", "service_date").agg(pl.col("facility_id").n_unique())
+            .filter(pl.col("facility_id") > 1).drop("facility_id"))
+    key = ["doctor_id", "service_date"]
+    assert_frame_equal(got.sort(key), want.sort(key))
+    assert 0 < got.height < claims.select(key).unique().height
+    # A partition's inputs read it from the whole window's, computed once for all.
+    population = RuleInputs({"claims": claims.lazy()}, *window, memoize=False)
+    part = RuleInputs({"claims": claims.head(10).lazy()}, *window, population=population)
+    assert_frame_equal(part.several_facility_days(("outpatient", "inpatient")).collect()
+                       .sort(key), want.sort(key))
+    assert any(k.startswith("window_stat:") for k in population._shared)
 
 
 def test_drug_sales_combine_over_disjoint_parts():

@@ -59,17 +59,18 @@ def _check_window(window: tuple[date, date] | None) -> tuple[date | None, date |
 
 
 # Kinds whose hits on a claim depend only on the claims (and lines) of the same patient plus
-# reference tables: they are judged patient partition by patient partition, so memory is
-# bounded by a partition's claims and lines instead of the dataset's.  The others compare
-# a claim with other patients' claims (a diagnosis's DRG weights, a pharmacy's stock, a
-# doctor's day) and run once over the whole window, lazily.
+# reference tables, or on a small statistic of the whole window computed once for every
+# partition (RuleInputs.population: a doctor's facilities per day): they are judged patient
+# partition by patient partition, so memory is bounded by a partition's claims and lines
+# instead of the dataset's.  The others compare a claim with other patients' claims (a
+# diagnosis's DRG weights, a pharmacy's stock) and run once over the whole window, lazily.
 PATIENT_LOCAL_KINDS = frozenset({
     "sex_restriction", "age_restriction", "indication_restriction",
     "facility_level_restriction", "care_setting_restriction", "course_limit",
     "dose_over_label", "quantity_over_days_limit", "overlapping_refill", "duplicate_charge",
     "frequency_limit", "readmission", "overlapping_stays", "outpatient_during_stay",
     "idle_stay", "service_after_death", "implausible_identity", "card_frequency",
-    "same_day_distant_regions",
+    "same_day_distant_regions", "doctor_off_duty",
 })
 # Cross-patient kinds reading RuleInputs.drug_sales: in partitioned runs the sales are
 # summed partition by partition (from the lines each partition joins with its claims
@@ -149,7 +150,7 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
         # History before the window is context of the patient-local kinds: split from the
         # first claim.
         with split_by_patient(lazy, end=end, claims_per_partition=CLAIMS_PER_PARTITION,
-                              roster=False) as own:
+                              roster="duty_roster" in lazy) as own:
             if own is not None:
                 return _evaluate_partitioned(rules, lazy, start, end, claim_copies, own)
     # The shared inputs are materialised once (RuleInputs).  Inputs up to
@@ -180,11 +181,15 @@ def _evaluate_partitioned(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame],
     cross = [r for r in rules if r.kind not in PATIENT_LOCAL_KINDS]
     sales_parts = [] if any(r.kind in DRUG_SALES_KINDS for r in cross) else None
     hits: dict[str, list[pl.DataFrame]] = {rule.id: [] for rule in local}
+    population = RuleInputs(lazy, start, end, memoize=False, claim_copies=claim_copies)
+    roster_column = (ROSTER_COLUMN if partitions.parts and ROSTER_COLUMN in
+                     partitions.parts[0]["claims"].collect_schema().names() else None)
     for part in partitions.parts:
         # Tables the rules read, the partition's rows in place of the whole table's.
         split = {name: frame for name, frame in part.items() if name in lazy}
-        split["claims"] = split["claims"].drop(ROW_COLUMN, ROSTER_COLUMN, strict=False)
-        inputs = RuleInputs({**lazy, **split}, start, end, claim_copies=claim_copies)
+        split["claims"] = split["claims"].drop(ROW_COLUMN)
+        inputs = RuleInputs({**lazy, **split}, start, end, claim_copies=claim_copies,
+                            roster_column=roster_column, population=population)
         for rule in local:
             hits[rule.id].append(_claim_hits(rule, inputs).collect())
         if sales_parts is not None:

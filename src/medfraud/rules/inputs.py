@@ -95,6 +95,15 @@ class RuleInputs:
     # DRG reference population (the only cross-patient statistic of a claim rule) keeps
     # one row per original claim.
     claim_copies: bool = False
+    # The claims carry the duty roster's facility of their doctor that day in this column
+    # (a patient split joins it once for every claim: medfraud.partitions.ROSTER_COLUMN);
+    # None: kinds join the roster themselves.
+    roster_column: str | None = None
+    # These inputs are one patient partition's and ``population`` the whole window's:
+    # statistics that compare a claim with other patients' claims (a doctor's facilities
+    # on a day) are computed over ``population`` once, for every partition
+    # (:meth:`_window_stat`).
+    population: RuleInputs | None = None
 
     def _memo(self, key: str, build) -> pl.LazyFrame:
         if not self.memoize:
@@ -104,6 +113,32 @@ class RuleInputs:
                 engine=self.engine,
                 optimizations=SMALL_INPUT_OPTIMIZATIONS if self.small else pl.QueryOptFlags())
         return self._shared[key].lazy()
+
+    def _window_stat(self, key: str, build) -> pl.LazyFrame:
+        """``build(inputs)`` over the whole window: over ``self``, or once over
+        :attr:`population` (collected, streaming, and shared by every partition)."""
+        if self.population is None:
+            return build(self)
+        shared = self.population._shared
+        key = f"window_stat:{key}"
+        if key not in shared:
+            shared[key] = build(self.population).collect(engine="streaming")
+        return shared[key].lazy()
+
+    def several_facility_days(self, settings: tuple[str, ...]) -> pl.LazyFrame:
+        """``doctor_id, service_date`` of the days on which the window's claims in
+        ``settings`` name two or more facilities for one doctor (a null facility counting
+        as one more), over every patient's claims."""
+        def build(inputs: RuleInputs) -> pl.LazyFrame:
+            # A min and max of categorical codes per day: a fifth of a distinct count.
+            code = pl.col("facility_id").cast(pl.Categorical).to_physical().cast(pl.Int64) \
+                .fill_null(-1)
+            return (inputs.window_claims(["doctor_id", "facility_id", "setting", "service_date"])
+                    .filter(is_in("setting", settings))
+                    .group_by("doctor_id", "service_date")
+                    .agg((code.min() != code.max()).alias("_several"))
+                    .filter(pl.col("_several")).select("doctor_id", "service_date"))
+        return self._window_stat(f"several_facility_days:{settings!r}", build)
 
     def table(self, name: str) -> pl.LazyFrame:
         """``name`` with rows dated after the window end removed."""

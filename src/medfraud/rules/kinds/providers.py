@@ -45,14 +45,6 @@ def inventory_mismatch(inputs: RuleInputs, params: InventoryParams) -> pl.LazyFr
         .cast(pl.Float64).alias("amount_at_stake"))
 
 
-def _several(values: pl.Expr, by: list[str]) -> pl.Expr:
-    """``values.n_unique().over(by) > 1`` for String ``values``: the group's smallest and
-    largest categorical code differ (null counts as one more value, as in n_unique).
-    A min and max per group cost a fifth of a distinct count."""
-    code = values.cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1)
-    return code.min().over(by) != code.max().over(by)
-
-
 class OffDutyParams(KindParams):
     """settings : claims whose signing doctor must be on duty that day.
     check_facility : also flag claims billed at another facility than the roster's.
@@ -71,23 +63,31 @@ def doctor_off_duty(inputs: RuleInputs, params: OffDutyParams) -> pl.LazyFrame:
     another facility), or by one doctor at two facilities the same day; the claim's whole
     amount is at stake."""
     # A claim is judged with its doctor's claims of the same day only: no history needed.
-    claims = inputs.window_claims(["claim_id", "doctor_id", "facility_id", "setting",
-                                   "service_date", "total_amount"]
-                                  ).filter(is_in("setting", params.settings))
-    roster = inputs.table("duty_roster")
-    if inputs.start is not None:
-        # Only the window's days can match a window claim: a smaller join.
-        roster = roster.filter(pl.col("date") >= inputs.start)
-    roster = roster.select(
-        "doctor_id", pl.col("date").alias("service_date"),
-        pl.col("facility_id").alias("duty_facility"))
-    home = inputs.table("doctors").select("doctor_id", pl.col("facility_id").alias("home_facility"))
-    judged = (claims.join(roster, on=["doctor_id", "service_date"], how="left")
-              .join(home, on="doctor_id", how="left"))
+    columns = ["claim_id", "doctor_id", "facility_id", "setting", "service_date", "total_amount"]
+    if inputs.roster_column is not None:  # joined by the patient split
+        claims = inputs.window_claims([*columns, inputs.roster_column]) \
+            .rename({inputs.roster_column: "duty_facility"})
+    else:
+        roster = inputs.table("duty_roster")
+        if inputs.start is not None:
+            # Only the window's days can match a window claim: a smaller join.
+            roster = roster.filter(pl.col("date") >= inputs.start)
+        roster = roster.select(
+            "doctor_id", pl.col("date").alias("service_date"),
+            pl.col("facility_id").alias("duty_facility"))
+        claims = inputs.window_claims(columns).join(roster, on=["doctor_id", "service_date"],
+                                                    how="left")
+    judged = claims.filter(is_in("setting", params.settings))
     bad = pl.col("duty_facility").is_null()
     if params.check_facility:
         bad = bad | (pl.col("duty_facility") != pl.col("facility_id"))
     if params.two_facilities:
-        bad = bad | (_several(pl.col("facility_id"), ["doctor_id", "service_date"])
+        home = inputs.table("doctors").select("doctor_id",
+                                              pl.col("facility_id").alias("home_facility"))
+        several = inputs.several_facility_days(tuple(params.settings)) \
+            .with_columns(pl.lit(True).alias("_several"))
+        judged = (judged.join(several, on=["doctor_id", "service_date"], how="left")
+                  .join(home, on="doctor_id", how="left"))
+        bad = bad | (pl.col("_several").fill_null(False)
                      & (pl.col("facility_id") != pl.col("home_facility")).fill_null(True))
     return per_claim(judged.filter(bad), pl.col("total_amount"))
