@@ -65,7 +65,7 @@ CLAIM_FEATURES = [
 ]
 
 # Intermediate columns carried for entity aggregation (not features of the claim frame).
-HELPER_COLUMNS = ["_drug_amount", "_high_value_amount", "_month", "diagnosis_code"]
+HELPER_COLUMNS = ["_drug_amount", "_high_value_amount", "_month"]
 
 # Claim features are stored narrow: Float32 ratios and scores (the precision detectors
 # train at: LightGBM bins, torch and the isolation forest compute in float32) and Int32

@@ -97,10 +97,6 @@ def attach_ids(frame: pl.LazyFrame, level: str,
     return frame.join(ids[level].lazy(), on=KEY_COLUMN[level], how="left")
 
 
-def _share(flag: pl.Expr) -> pl.Expr:
-    return flag.cast(pl.Float64).mean()
-
-
 def _window_aggregates(claims: pl.LazyFrame, id_col: str, *extra: pl.Expr) -> pl.LazyFrame:
     """Whole-window aggregates by ``id_col`` (plus the aggregations ``extra``).
 
@@ -127,12 +123,13 @@ def _window_aggregates(claims: pl.LazyFrame, id_col: str, *extra: pl.Expr) -> pl
             "n_refill_overlap_lines", "is_inpatient", "readmitted_within_limit"]
     extra_inputs = sorted({name for e in extra for name in e.meta.root_names()}
                           - {id_col, *sums, "amount_dx_z", "service_date"})
+    # Flags stay Int8 columns or Boolean (bit-packed) expressions, whose means are Float64
+    # shares: the select computes these per-claim columns over the whole claim frame
+    # before the group-by, and Float64 copies of ten flags were 0.8 GiB a 10M claims.
     per_claim = claims.select(
-        id_col, *sums, pl.col("amount_dx_z").cast(pl.Float64), "service_date", *extra_inputs,
-        *[flag.cast(pl.Float64).alias(name) for name, flag in flags.items()],
-        # Claim features are Float32 (see claims._NARROW_FEATURES); entity means are Float64.
-        pl.when(pl.col("drg_weight") > 0).then(pl.col("drg_weight").cast(pl.Float64))
-        .alias("_drg"),
+        id_col, *sums, "amount_dx_z", "service_date", *extra_inputs,
+        *[flag.alias(name) for name, flag in flags.items()],
+        pl.when(pl.col("drg_weight") > 0).then(pl.col("drg_weight")).alias("_drg"),
         (pl.col("days_after_death") > 0).alias("_after_death"),
     )
 
@@ -146,8 +143,9 @@ def _window_aggregates(claims: pl.LazyFrame, id_col: str, *extra: pl.Expr) -> pl
         amount.mean().alias("amount_mean"),
         amount.max().alias("amount_max"),
         *[pl.col(name).mean() for name in flags],
-        pl.col("_drg").mean().fill_null(0.0).alias("drg_weight_mean"),
-        pl.col("amount_dx_z").mean().alias("amount_dx_z_mean"),
+        # Claim features are Float32 (claims._NARROW_FEATURES); entity features Float64.
+        pl.col("_drg").cast(pl.Float64).mean().fill_null(0.0).alias("drg_weight_mean"),
+        pl.col("amount_dx_z").cast(pl.Float64).mean().alias("amount_dx_z_mean"),
         pl.col("_after_death").sum().alias("after_death_claims"),
         pl.col("service_date").n_unique().alias("n_active_days"),
         *extra,
@@ -277,12 +275,13 @@ def entity_features(claims: pl.LazyFrame, tables: Tables, window: Window,
     out = {}
     for level in levels:
         id_col, key = LEVEL_ID[level], key_column(level, ids)
-        own = claims.filter(pl.col(key).is_not_null())
         extra = _PATIENT_DAY_AGGS if level == "patient" else ()
-        frame = _window_aggregates(own, key, *extra).join(_monthly_aggregates(own, key),
-                                                          on=key, how="left")
+        # Claims without the level's id form one more group, dropped once aggregated:
+        # filtering them out first would copy every column the aggregates read.
+        frame = _window_aggregates(claims, key, *extra).filter(pl.col(key).is_not_null()) \
+            .join(_monthly_aggregates(claims, key), on=key, how="left")
         if level == "patient":
-            frame = frame.join(_max_claims_one_pharmacy_month(own, key), on=key, how="left")
+            frame = frame.join(_max_claims_one_pharmacy_month(claims, key), on=key, how="left")
         frame = attach_ids(frame, level, ids)
         if level == "patient":
             frame = _patient_age(frame, tables.patients if patients is None else patients)
