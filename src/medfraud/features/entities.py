@@ -286,7 +286,11 @@ def entity_features(claims: pl.LazyFrame, tables: Tables, window: Window,
         if level == "patient":
             frame = _patient_age(frame, tables.patients if patients is None else patients)
         if level == "pharmacy":
-            frame = frame.join(inventory_features(tables, window), on=id_col, how="left")
+            # Collected apart, on the streaming engine: inside the level's in-memory query
+            # the join of every drug line with its claim was materialised (5M claims:
+            # 5.2 CPU-s and +0.5-1.2 GiB, streaming 3.4-4.0 CPU-s and +0.3 GiB).
+            stock = inventory_features(tables, window).collect(engine="streaming")
+            frame = frame.join(stock.lazy(), on=id_col, how="left")
         names = ENTITY_FEATURES[level]
         keep = [] if key == id_col else [key]
         out[level] = frame.select(id_col, *keep, *[pl.col(n).fill_null(0) for n in names])
