@@ -101,8 +101,6 @@ def test_beta_wavelets_partition_the_spectrum():
 
 
 def test_nodes_outside_the_training_rows_are_unlabelled_not_negative(tiny_dataset):
-    import polars as pl
-
     from medfraud.detectors.gnn import graph_target
     from medfraud.features import build_features
     from medfraud.graph import build_claims_graph
