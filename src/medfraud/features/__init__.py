@@ -107,7 +107,8 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
     Returns
     -------
     FeatureSet with one frame per requested level: the id column, the numeric feature
-    columns listed in ``columns[level]`` (Float64 or integer, never null) and, for claims,
+    columns listed in ``columns[level]`` (never null; Float32 or integer at claim level,
+    Float64 or integer at the entity levels) and, for claims,
     the context columns patient_id, doctor_id, facility_id, pharmacy_id, service_date,
     setting, total_amount, fund_paid.  Entity frames hold every entity with at least one
     claim in ``window``; rows are sorted by id.

@@ -11,6 +11,7 @@ row per (rule, hit id).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import uuid
@@ -195,8 +196,7 @@ def _evaluate_partitioned(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame],
         if sales_parts is not None:
             sales_parts.append(inputs.drug_sales().collect())
     precomputed = {} if not sales_parts else {"drug_sales": combine_drug_sales(sales_parts)}
-    whole = RuleInputs(lazy, start, end, memoize=False, precomputed=precomputed,
-                       claim_copies=claim_copies)
+    whole = dataclasses.replace(population, precomputed=precomputed)
     frames = [_rule_query(rule, whole).collect(engine="streaming") for rule in cross]
     for rule in local:
         # One rule at a time, its partitions' hits released once finished and sorted: the
