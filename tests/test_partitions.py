@@ -16,6 +16,7 @@ from medfraud.partitions import (
     ROSTER_COLUMN,
     ROW_COLUMN,
     PatientPartitions,
+    sort_by_column,
     split_by_patient,
 )
 from medfraud.rules import evaluate_rules
@@ -152,3 +153,15 @@ def test_partitions_without_claims_in_the_window(tiny_dataset, monkeypatch):
     for level, frame in whole.frames.items():
         assert_frame_equal(parts.frames[level], frame, check_exact=False, rel_tol=1e-9,
                            abs_tol=1e-9)
+
+
+def test_sort_by_column_matches_sort_and_empties_input():
+    frame = pl.DataFrame({"id": ["c", "a", "b", "a0"], "x": [3.0, 1.0, 2.0, 0.5],
+                          "n": [3, 1, 2, 0]})
+    expected = frame.sort("id")
+    work = frame.clone()
+    out = sort_by_column(work, "id")
+    assert_frame_equal(out, expected)
+    assert work.width == 0
+    single = frame.clone()
+    assert_frame_equal(sort_by_column(single, "id", multithreaded=False), expected)

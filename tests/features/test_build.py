@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 from medfraud.dataset import Dataset
 from medfraud.features import FeatureSet, build_features, feature_columns
 from medfraud.features.claims import CONTEXT_COLUMNS
-from medfraud.schema import LABEL_TABLES, LEVEL_ID, LEVELS
+from medfraud.schema import LABEL_TABLES, LEVEL_ID, LEVELS, SETTINGS
 
 NUMERIC = (pl.Float64, pl.Float32, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16,
            pl.UInt32, pl.UInt64)
@@ -30,14 +30,16 @@ def check_feature_set(features: FeatureSet) -> None:
         assert frame[LEVEL_ID[level]].is_unique().all()
         for name in cols:
             assert frame.schema[name] in NUMERIC, f"{level}.{name} is {frame.schema[name]}"
-        # Claim features are stored narrow (Float32 / Int32, no 64-bit feature column);
-        # entity aggregates stay Float64; money keeps its contract dtype everywhere.
-        wide, narrow = (pl.Float64, pl.Int64), (pl.Float32,)
-        unexpected = [name for name in cols
-                      if frame.schema[name] in (wide if level == "claim" else narrow)]
+        # Claim features are stored narrow (Float32, Int16 / UInt16 counts and days, Int8
+        # flags), patient features Float32; the other entity levels' aggregates stay
+        # Float64; money keeps its contract dtype everywhere.
+        not_of_level = {"claim": (pl.Float64, pl.Int32, pl.Int64, pl.UInt32, pl.UInt64),
+                        "patient": (pl.Float64,)}.get(level, (pl.Float32,))
+        unexpected = [name for name in cols if frame.schema[name] in not_of_level]
         assert not unexpected, f"{level}: {unexpected} are not of the level's width"
         if level == "claim":
             assert frame.schema["total_amount"] == frame.schema["fund_paid"] == pl.Float64
+            assert frame.schema["setting"] == pl.Enum(sorted(SETTINGS))
         nulls = {c: n for c, n in frame.select(cols).null_count().row(0, named=True).items() if n}
         assert not nulls, f"{level}: null feature values {nulls}"
         matrix = features.matrix(level)

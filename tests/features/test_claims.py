@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 
@@ -162,3 +163,21 @@ def test_line_flags_sorting_only_repeated_pairs_equals_full_sort():
     assert 0.1 < alone.mean() < 0.9  # both parts are exercised
     assert want.filter(pl.col("_overlap") > 0).height and want["_dup_across"].any() \
         and want["_dup_in"].any()
+
+
+def test_narrow_counts_and_day_spans_saturate_instead_of_wrapping():
+    """The stored claim frame's UInt16 counts and Int16 day spans clip at their bounds: a
+    cast alone would wrap 70 000 lines to 4 464."""
+    from medfraud.features.claims import _NARROW_COLUMNS, SETTING_DTYPE
+
+    wide = pl.DataFrame({
+        "n_lines": pl.Series([3, 70_000], dtype=pl.UInt32),
+        "days_after_death": pl.Series([-40_000, 12], dtype=pl.Int64),
+        "dose_ratio_max": [1.5, 2.0], "setting": ["inpatient", "online"],
+    })
+    narrow = wide.with_columns(_NARROW_COLUMNS)
+    assert narrow.schema == pl.Schema({"n_lines": pl.UInt16, "days_after_death": pl.Int16,
+                                       "dose_ratio_max": pl.Float32, "setting": SETTING_DTYPE})
+    assert narrow["n_lines"].to_list() == [3, 65_535]
+    assert narrow["days_after_death"].to_list() == [-32_767, 12]
+    assert narrow["setting"].cast(pl.String).to_list() == ["inpatient", "online"]

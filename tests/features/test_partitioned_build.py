@@ -1,5 +1,5 @@
 """Partitioned claim features (patient-hash partitions spilled to Parquet) equal the
-single-pass result; the column-wise sort equals DataFrame.sort."""
+single-pass result."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from polars.testing import assert_frame_equal
 
 import medfraud.features as features_module
 import medfraud.features.claims as claims_module
-from medfraud.features import _sort_by_column, build_features
+from medfraud.features import build_features
 
 
 def _frames(dataset, **kwargs):
@@ -42,16 +42,6 @@ def test_partitioned_build_on_toy_data(toy_dataset, monkeypatch):
     for level in whole:
         assert_frame_equal(whole[level], parts[level], check_exact=False, rel_tol=1e-9,
                            abs_tol=1e-9)
-
-
-def test_sort_by_column_matches_sort_and_empties_input():
-    frame = pl.DataFrame({"id": ["c", "a", "b", "a0"], "x": [3.0, 1.0, 2.0, 0.5],
-                          "n": [3, 1, 2, 0]})
-    expected = frame.sort("id")
-    work = frame.clone()
-    out = _sort_by_column(work, "id")
-    assert_frame_equal(out, expected)
-    assert work.width == 0
 
 
 def test_partitioned_build_with_claims_stored_out_of_order(toy_dataset, tmp_path, monkeypatch):

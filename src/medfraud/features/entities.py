@@ -105,8 +105,9 @@ def _window_aggregates(claims: pl.LazyFrame, id_col: str, *extra: pl.Expr) -> pl
     the nested form on polars 2.1; the cost is the ~30 reductions over every claim).
     """
     amount = pl.col("total_amount")
-    restriction = (pl.col("sex_restriction_hits") + pl.col("age_restriction_hits")
-                   + pl.col("level_restriction_hits")) > 0
+    # Any of the counts, not their sum: UInt16 counts saturate and a sum could wrap.
+    restriction = pl.any_horizontal(pl.col("sex_restriction_hits", "age_restriction_hits",
+                                           "level_restriction_hits") > 0)
     flags = {
         "weekend_share": pl.col("weekend"),
         "night_share": pl.col("night"),
@@ -115,7 +116,8 @@ def _window_aggregates(claims: pl.LazyFrame, id_col: str, *extra: pl.Expr) -> pl
         "dose_over_share": pl.col("dose_ratio_max") > 1,
         "days_over_limit_share": pl.col("days_over_limit_max") > 0,
         "restriction_hit_share": restriction,
-        "dup_line_share": (pl.col("dup_lines_in_claim") + pl.col("dup_lines_across_claims")) > 0,
+        "dup_line_share": pl.any_horizontal(pl.col("dup_lines_in_claim",
+                                                   "dup_lines_across_claims") > 0),
         "off_duty_share": pl.col("doctor_on_duty") == 0,
         "during_stay_share": pl.col("during_inpatient_stay") > 0,
     }
@@ -143,7 +145,7 @@ def _window_aggregates(claims: pl.LazyFrame, id_col: str, *extra: pl.Expr) -> pl
         amount.mean().alias("amount_mean"),
         amount.max().alias("amount_max"),
         *[pl.col(name).mean() for name in flags],
-        # Claim features are Float32 (claims._NARROW_FEATURES); entity features Float64.
+        # Claim features are Float32 (claims._NARROW_COLUMNS); entity features Float64.
         pl.col("_drg").cast(pl.Float64).mean().fill_null(0.0).alias("drg_weight_mean"),
         pl.col("amount_dx_z").cast(pl.Float64).mean().alias("amount_dx_z_mean"),
         pl.col("_after_death").sum().alias("after_death_claims"),
