@@ -9,7 +9,13 @@ import pytest
 from rules_testkit import claim, line, make_tables, run_kind
 
 from medfraud.dataset import Dataset, write_dataset
-from medfraud.rules import HITS_SCHEMA, evaluate_rules, evaluate_tables, load_catalogue, summarise
+from medfraud.rules import (
+    evaluate_rules,
+    evaluate_tables,
+    hits_schema,
+    load_catalogue,
+    summarise,
+)
 from medfraud.schema import validate
 
 
@@ -29,7 +35,15 @@ def _world():
 
 def test_hits_schema_and_default_catalogue():
     hits = evaluate_tables(_world())
-    assert dict(hits.schema) == HITS_SCHEMA
+    assert dict(hits.schema) == hits_schema()
+    # The repeated columns are enums over the catalogue's values, sorted so that they
+    # order like the strings they stand for.
+    catalogue = load_catalogue()
+    assert hits.schema["rule_id"] == pl.Enum(sorted(r.id for r in catalogue.rules))
+    assert hits.schema["level"].categories.to_list() == sorted(
+        hits.schema["level"].categories.to_list())
+    assert hits.equals(hits.sort(pl.col("rule_id").cast(pl.String), "id"))
+    assert hits.filter(pl.col("rule_id") == "R001").height >= 1
     got = set(zip(hits["rule_id"], hits["id"], strict=True))
     assert {("R001", "C1"), ("R002", "C1"), ("R009", "C2"), ("R010", "C3")} <= got
     assert "C5" not in hits["id"].to_list()
@@ -101,7 +115,7 @@ def test_disabled_rules_are_skipped_and_empty_result_has_schema():
     off = catalogue.model_copy(update={"rules": [r.model_copy(update={"enabled": False})
                                                  for r in catalogue.rules]})
     hits = evaluate_tables(_world(), off)
-    assert hits.height == 0 and dict(hits.schema) == HITS_SCHEMA
+    assert hits.height == 0 and dict(hits.schema) == hits_schema(off)
 
 
 def test_summarise_counts_and_money():

@@ -231,15 +231,18 @@ def test_window_scoped_line_kinds_equal_general_path(tiny_dataset, monkeypatch, 
 def test_per_claim_amount_does_not_depend_on_line_order():
     """The lines' amounts sum to the same cents in any order (a float sum of 0.1, 0.2 and
     0.025, rounded to cents, gives 0.33 one way round and 0.32 the other)."""
-    from medfraud.rules.engine import _hit_columns
+    from medfraud.rules import load_catalogue
+    from medfraud.rules.engine import _hit_columns, hits_schema
     from medfraud.rules.inputs import per_claim
 
     lines = pl.DataFrame({"claim_id": ["C1"] * 3, "service_date": [date(2024, 1, 1)] * 3,
                           "amount": [0.1, 0.2, 0.025]})
+    rule = load_catalogue().rules[0]
+    layout = _hit_columns("claim", rule.id, rule.kind, rule.reason_code, 1, "事后", "违规",
+                          tuple(hits_schema().items()))
     amounts = []
     for order in (lines, lines.reverse()):
-        hits = per_claim(order.lazy(), pl.col("amount")).select(
-            _hit_columns("claim", "R0", "k", "X", 1, "事后", "违规")).collect()
+        hits = per_claim(order.lazy(), pl.col("amount")).select(layout).collect()
         amounts.append(hits["amount_at_stake"].item())
     assert amounts[0] == amounts[1]
     assert amounts[0] == pytest.approx(0.325, abs=0.0051)

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from medfraud.labels import Labels
-from medfraud.rules import HITS_SCHEMA, evaluate_rules, summarise
+from medfraud.rules import evaluate_rules, hits_schema, summarise
 from medfraud.schema import LEVEL_ID
 
 generator = pytest.importorskip("data_synth")
@@ -29,7 +29,7 @@ def hits(tiny_dataset):
 
 
 def test_hits_schema_and_every_level_id_exists(hits, tiny_dataset):
-    assert dict(hits.schema) == HITS_SCHEMA and hits.height > 0
+    assert dict(hits.schema) == hits_schema() and hits.height > 0
     claims = tiny_dataset.read("claims")
     for level in hits["level"].unique():
         ids = hits.filter(pl.col("level") == level)["id"]

@@ -19,17 +19,17 @@ from medfraud.rules.catalogue import (
     load_catalogue,
 )
 from medfraud.rules.engine import (
-    HITS_SCHEMA,
     empty_hits,
     evaluate_rules,
     evaluate_tables,
+    hits_schema,
     summarise,
     write_hits,
 )
 from medfraud.rules.registry import KINDS, KindParams, register_kind
 
 __all__ = [
-    "HITS_SCHEMA", "KINDS", "CatalogueError", "KindParams", "Rule", "RuleCatalogue",
+    "KINDS", "CatalogueError", "KindParams", "Rule", "RuleCatalogue",
     "default_catalogue_path", "empty_hits", "evaluate_rules", "evaluate_tables",
-    "load_catalogue", "register_kind", "summarise", "write_hits",
+    "hits_schema", "load_catalogue", "register_kind", "summarise", "write_hits",
 ]

@@ -28,26 +28,49 @@ from medfraud.partitions import (
     ROW_COLUMN,
     PatientPartitions,
     service_dates,
+    sort_by_column,
     split_by_patient,
 )
-from medfraud.rules.catalogue import Rule, RuleCatalogue, load_catalogue
+from medfraud.rules.catalogue import (
+    RESULT_CLASSES,
+    STAGES,
+    Rule,
+    RuleCatalogue,
+    load_catalogue,
+)
 from medfraud.rules.inputs import SMALL_INPUT_OPTIMIZATIONS, RuleInputs, combine_drug_sales
 from medfraud.rules.registry import KINDS
-from medfraud.schema import LEVEL_ID
+from medfraud.schema import LEVEL_ID, LEVELS
 
-# The columns a rule repeats on every hit are Categorical: hits can outnumber claims, and
-# a 4-byte code instead of a string per row is ~40 % of the frame (1.2 -> 0.7 GiB for the
-# 17M hits of 10M claims).  They compare with strings and sort lexically like String.
-HITS_SCHEMA = {
-    "level": pl.Categorical, "id": pl.String, "rule_id": pl.Categorical,
-    "kind": pl.Categorical, "reason_code": pl.Categorical, "severity": pl.Int8,
-    "stage": pl.Categorical, "result_class": pl.Categorical, "amount_at_stake": pl.Float64,
-}
+def hits_schema(catalogue: RuleCatalogue | None = None) -> dict[str, pl.DataType]:
+    """Column name -> dtype of the hits of ``catalogue`` (default :func:`load_catalogue` ()).
+
+    The columns a rule repeats on every hit (level, rule_id, kind, reason_code, stage,
+    result_class) are ``pl.Enum`` over the values the catalogue's rules can give: one byte
+    per hit instead of a string (hits can outnumber claims: 17M at 10M claims, 1.2 GiB as
+    strings, 0.4 GiB so).  Their categories are sorted, so they sort lexically like
+    strings; they compare with strings, and string functions take ``.cat.*`` or a cast.
+    Hits of two catalogues with different rules have different dtypes: cast to String to
+    concatenate them.
+    """
+    catalogue = catalogue if catalogue is not None else load_catalogue()
+
+    def enum(values) -> pl.Enum:
+        return pl.Enum(sorted(set(values)))
+
+    return {
+        "level": enum(LEVELS), "id": pl.String,
+        "rule_id": enum(rule.id for rule in catalogue.rules),
+        "kind": enum(rule.kind for rule in catalogue.rules),
+        "reason_code": enum(rule.reason_code for rule in catalogue.rules),
+        "severity": pl.Int8, "stage": enum(STAGES), "result_class": enum(RESULT_CLASSES),
+        "amount_at_stake": pl.Float64,
+    }
 
 
-def empty_hits() -> pl.DataFrame:
-    """A hits frame with no rows (schema :data:`HITS_SCHEMA`)."""
-    return pl.DataFrame(schema=HITS_SCHEMA)
+def empty_hits(catalogue: RuleCatalogue | None = None) -> pl.DataFrame:
+    """A hits frame with no rows (schema :func:`hits_schema` of ``catalogue``)."""
+    return pl.DataFrame(schema=hits_schema(catalogue))
 
 
 def _check_window(window: tuple[date, date] | None) -> tuple[date | None, date | None]:
@@ -103,8 +126,10 @@ def _claim_hits(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
     return hits
 
 
-def _finish(rule: Rule, hits: pl.LazyFrame, inputs: RuleInputs) -> pl.LazyFrame:
-    """Hits of ``_claim_hits`` in the :data:`HITS_SCHEMA` layout at the rule's level."""
+def _finish(rule: Rule, hits: pl.LazyFrame, inputs: RuleInputs,
+            schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+    """Hits of ``_claim_hits`` in the ``schema`` (:func:`hits_schema`) layout at the rule's
+    level."""
     if KINDS[rule.kind].level == "claim" and rule.level != "claim":
         # Entity rules built from claim kinds: the entity of each hit claim, amounts summed.
         owner = LEVEL_ID[rule.level]
@@ -112,40 +137,47 @@ def _finish(rule: Rule, hits: pl.LazyFrame, inputs: RuleInputs) -> pl.LazyFrame:
                           how="inner")
                 .filter(pl.col(owner).is_not_null())
                 .group_by(owner).agg(pl.col("amount_at_stake").sum()))
-    return hits.select(_hit_columns(rule.level, rule.id, rule.kind, rule.reason_code,
-                                    rule.severity, rule.stage, rule.result_class))
+    return hits.select(_hit_columns(
+        rule.level, rule.id, rule.kind, rule.reason_code, rule.severity, rule.stage,
+        rule.result_class, tuple(schema.items())))
 
 
 @functools.lru_cache(maxsize=1024)
 def _hit_columns(level: str, rule_id: str, kind: str, reason_code: str, severity: int,
-                 stage: str, result_class: str) -> tuple[pl.Expr, ...]:
-    """The :data:`HITS_SCHEMA` expressions of a rule.  Cached: building ~10 expressions
-    per rule is a measurable part of a call scoring a handful of claims."""
+                 stage: str, result_class: str,
+                 schema: tuple[tuple[str, pl.DataType], ...]) -> tuple[pl.Expr, ...]:
+    """The expressions of a rule's hits in the ``schema`` (:func:`hits_schema`, as items)
+    layout.  Cached: building ~10 expressions per rule is a measurable part of a call
+    scoring a handful of claims."""
+    dtype = dict(schema)
     return (
-        pl.lit(level, pl.Categorical).alias("level"),
+        pl.lit(level, dtype["level"]).alias("level"),
         pl.col(LEVEL_ID[level]).cast(pl.String).alias("id"),
-        pl.lit(rule_id, pl.Categorical).alias("rule_id"),
-        pl.lit(kind, pl.Categorical).alias("kind"),
-        pl.lit(reason_code, pl.Categorical).alias("reason_code"),
+        pl.lit(rule_id, dtype["rule_id"]).alias("rule_id"),
+        pl.lit(kind, dtype["kind"]).alias("kind"),
+        pl.lit(reason_code, dtype["reason_code"]).alias("reason_code"),
         pl.lit(severity, pl.Int8).alias("severity"),
-        pl.lit(stage, pl.Categorical).alias("stage"),
-        pl.lit(result_class, pl.Categorical).alias("result_class"),
+        pl.lit(stage, dtype["stage"]).alias("stage"),
+        pl.lit(result_class, dtype["result_class"]).alias("result_class"),
         pl.col("amount_at_stake").cast(pl.Float64).fill_null(0.0).round(2),
     )
 
 
-def _rule_query(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
-    """Hits of one rule as ``HITS_SCHEMA`` rows at the rule's level."""
-    return _finish(rule, _claim_hits(rule, inputs), inputs)
+def _rule_query(rule: Rule, inputs: RuleInputs,
+                schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+    """Hits of one rule as ``schema`` rows at the rule's level."""
+    return _finish(rule, _claim_hits(rule, inputs), inputs, schema)
 
 
 def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date | None,
-              end: date | None, claim_copies: bool = False,
+              end: date | None, schema: Mapping[str, pl.DataType], claim_copies: bool = False,
               partitions: PatientPartitions | None = None) -> list[pl.DataFrame]:
-    """Hits frames of ``rules`` (all of whose tables are in ``lazy``)."""
+    """Hits frames of ``rules`` (all of whose tables are in ``lazy``) in the ``schema``
+    layout."""
     local = [r for r in rules if r.kind in PATIENT_LOCAL_KINDS]
     if local and partitions is not None and partitions.covers(None, end):
-        return _evaluate_partitioned(rules, lazy, start, end, claim_copies, partitions)
+        return _evaluate_partitioned(rules, lazy, start, end, schema, claim_copies,
+                                     partitions)
     n_claims = lazy["claims"].select(pl.len()).collect(engine="in-memory").item()
     if local and n_claims > CLAIMS_PER_PARTITION:
         # History before the window is context of the patient-local kinds: split from the
@@ -153,7 +185,8 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
         with split_by_patient(lazy, end=end, claims_per_partition=CLAIMS_PER_PARTITION,
                               roster="duty_roster" in lazy) as own:
             if own is not None:
-                return _evaluate_partitioned(rules, lazy, start, end, claim_copies, own)
+                return _evaluate_partitioned(rules, lazy, start, end, schema, claim_copies,
+                                             own)
     # The shared inputs are materialised once (RuleInputs).  Inputs up to
     # COLLECT_TOGETHER_BELOW claims run every rule's query in one parallel collect on the
     # in-memory engine (on a few claims the streaming engine's fixed cost per query is half
@@ -165,16 +198,17 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
         # lines its eager steps cost ~1 ms more than the joins they replace.
         inputs = RuleInputs(lazy, start, end, engine="in-memory", small=small,
                             index_lines=not small, claim_copies=claim_copies)
-        return pl.collect_all([_rule_query(rule, inputs) for rule in rules],
+        return pl.collect_all([_rule_query(rule, inputs, schema) for rule in rules],
                               engine="in-memory",
                               optimizations=(SMALL_INPUT_OPTIMIZATIONS if small
                                              else pl.QueryOptFlags()))
     inputs = RuleInputs(lazy, start, end, claim_copies=claim_copies)
-    return [_rule_query(rule, inputs).collect() for rule in rules]
+    return [_rule_query(rule, inputs, schema).collect() for rule in rules]
 
 
 def _evaluate_partitioned(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame],
-                          start: date | None, end: date | None, claim_copies: bool,
+                          start: date | None, end: date | None,
+                          schema: Mapping[str, pl.DataType], claim_copies: bool,
                           partitions: PatientPartitions) -> list[pl.DataFrame]:
     """:func:`_evaluate` with the patient-local kinds judged partition by partition and the
     others once over the whole window (lazily)."""
@@ -192,26 +226,30 @@ def _evaluate_partitioned(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame],
         inputs = RuleInputs({**lazy, **split}, start, end, claim_copies=claim_copies,
                             roster_column=roster_column, population=population)
         for rule in local:
-            hits[rule.id].append(_claim_hits(rule, inputs).collect())
+            # The claim kinds' service_date served the window filter: 17M dates at 10M
+            # claims are not kept through the loop.
+            hits[rule.id].append(_claim_hits(rule, inputs).drop("service_date", strict=False)
+                                 .collect())
         if sales_parts is not None:
             sales_parts.append(inputs.drug_sales().collect())
     precomputed = {} if not sales_parts else {"drug_sales": combine_drug_sales(sales_parts)}
     whole = dataclasses.replace(population, precomputed=precomputed)
-    frames = [_rule_query(rule, whole).collect(engine="streaming") for rule in cross]
+    frames = [_rule_query(rule, whole, schema).collect(engine="streaming") for rule in cross]
     for rule in local:
         # One rule at a time, its partitions' hits released once finished and sorted: the
         # hits of every rule (17M at 10M claims) are held once, not in three layouts.
         frames.append(_sorted_by_id(_finish(rule, pl.concat(hits.pop(rule.id)).lazy(),
-                                            whole).collect()))
+                                            whole, schema).collect()))
     return frames
 
 
 def _sorted_by_id(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` sorted by id, on one thread (a multithreaded string sort costs twice the
-    CPU); as is when already sorted."""
+    CPU) and one column at a time (a rule's hits can number 7M): ``frame`` is emptied.
+    As is when already sorted."""
     if frame.get_column("id").is_sorted():
         return frame
-    return frame.sort("id", multithreaded=False)
+    return sort_by_column(frame, "id", multithreaded=False)
 
 
 def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
@@ -242,7 +280,7 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
 
     Returns
     -------
-    DataFrame with columns of :data:`HITS_SCHEMA`, one row per (rule, id), sorted by
+    DataFrame with columns of :func:`hits_schema` (catalogue), one row per (rule, id), sorted by
     rule_id then id.  ``amount_at_stake`` is in yuan.
     """
     catalogue = catalogue if catalogue is not None else load_catalogue()
@@ -258,9 +296,10 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
             raise KeyError(f"rule {rule.id} ({rule.kind}) needs table(s) {absent}, which were "
                            f"not given; given: {sorted(lazy)}")
         rules.append(rule)
+    schema = hits_schema(catalogue)
     if not rules:
-        return empty_hits()
-    frames = _evaluate(rules, lazy, start, end, claim_copies, partitions)
+        return pl.DataFrame(schema=schema)
+    frames = _evaluate(rules, lazy, start, end, schema, claim_copies, partitions)
     if sum(frame.height for frame in frames) <= SORT_TOGETHER_BELOW:
         # (rule_id, id) is unique, so one sort of the few hits gives the same order as
         # the per-rule sorts below without their ~20 queries' fixed cost.
