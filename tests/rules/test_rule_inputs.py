@@ -232,14 +232,15 @@ def test_per_claim_amount_does_not_depend_on_line_order():
     """The lines' amounts sum to the same cents in any order (a float sum of 0.1, 0.2 and
     0.025, rounded to cents, gives 0.33 one way round and 0.32 the other)."""
     from medfraud.rules import load_catalogue
-    from medfraud.rules.engine import _hit_columns, hits_schema
+    from medfraud.rules.engine import _hit_columns, _layout
     from medfraud.rules.inputs import per_claim
 
     lines = pl.DataFrame({"claim_id": ["C1"] * 3, "service_date": [date(2024, 1, 1)] * 3,
                           "amount": [0.1, 0.2, 0.025]})
-    rule = load_catalogue().rules[0]
+    catalogue = load_catalogue()
+    rule = catalogue.rules[0]
     layout = _hit_columns("claim", rule.id, rule.kind, rule.reason_code, 1, "事后", "违规",
-                          tuple(hits_schema().items()))
+                          _layout(catalogue))
     amounts = []
     for order in (lines, lines.reverse()):
         hits = per_claim(order.lazy(), pl.col("amount")).select(layout).collect()

@@ -42,30 +42,49 @@ from medfraud.rules.inputs import SMALL_INPUT_OPTIMIZATIONS, RuleInputs, combine
 from medfraud.rules.registry import KINDS
 from medfraud.schema import LEVEL_ID, LEVELS
 
+
+class _HitsLayout:
+    """Column name -> dtype of one catalogue's hits (:func:`hits_schema`).  One instance per
+    catalogue content (:func:`_layout` caches them), hashed by identity: the per-rule
+    expressions are cached by layout (:func:`_hit_columns`) and a scoring call must not
+    rebuild or rehash the Enums."""
+
+    def __init__(self, dtypes: dict[str, pl.DataType]) -> None:
+        self.dtypes = dtypes
+
+
+def _layout(catalogue: RuleCatalogue) -> _HitsLayout:
+    rules = catalogue.rules
+    return _layout_of(tuple(r.id for r in rules), tuple(r.kind for r in rules),
+                      tuple(r.reason_code for r in rules))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_of(rule_ids: tuple[str, ...], kinds: tuple[str, ...],
+               reason_codes: tuple[str, ...]) -> _HitsLayout:
+    def enum(values) -> pl.Enum:
+        return pl.Enum(sorted(set(values)))
+
+    return _HitsLayout({
+        "level": enum(LEVELS), "id": pl.String, "rule_id": enum(rule_ids),
+        "kind": enum(kinds), "reason_code": enum(reason_codes), "severity": pl.Int8,
+        "stage": enum(STAGES), "result_class": enum(RESULT_CLASSES),
+        "amount_at_stake": pl.Float64,
+    })
+
+
 def hits_schema(catalogue: RuleCatalogue | None = None) -> dict[str, pl.DataType]:
     """Column name -> dtype of the hits of ``catalogue`` (default :func:`load_catalogue` ()).
 
     The columns a rule repeats on every hit (level, rule_id, kind, reason_code, stage,
-    result_class) are ``pl.Enum`` over the values the catalogue's rules can give: one byte
-    per hit instead of a string (hits can outnumber claims: 17M at 10M claims, 1.2 GiB as
-    strings, 0.4 GiB so).  Their categories are sorted, so they sort lexically like
-    strings; they compare with strings, and string functions take ``.cat.*`` or a cast.
-    Hits of two catalogues with different rules have different dtypes: cast to String to
-    concatenate them.
+    result_class) are ``pl.Enum`` over the values the catalogue's rules can give, enabled
+    or not: one byte per hit (hits can outnumber claims: 17M at 10M claims, ~0.5 GiB in
+    this layout, ~1.2 GiB with strings).  Their categories are sorted, so they sort
+    lexically like strings; they compare with strings, and string functions take
+    ``.cat.*`` or a cast.  Hits of two catalogues with different rules have different
+    dtypes: cast these columns to String to concatenate them.
     """
-    catalogue = catalogue if catalogue is not None else load_catalogue()
-
-    def enum(values) -> pl.Enum:
-        return pl.Enum(sorted(set(values)))
-
-    return {
-        "level": enum(LEVELS), "id": pl.String,
-        "rule_id": enum(rule.id for rule in catalogue.rules),
-        "kind": enum(rule.kind for rule in catalogue.rules),
-        "reason_code": enum(rule.reason_code for rule in catalogue.rules),
-        "severity": pl.Int8, "stage": enum(STAGES), "result_class": enum(RESULT_CLASSES),
-        "amount_at_stake": pl.Float64,
-    }
+    return dict(_layout(catalogue if catalogue is not None else load_catalogue()).dtypes)
 
 
 def empty_hits(catalogue: RuleCatalogue | None = None) -> pl.DataFrame:
@@ -127,9 +146,8 @@ def _claim_hits(rule: Rule, inputs: RuleInputs) -> pl.LazyFrame:
 
 
 def _finish(rule: Rule, hits: pl.LazyFrame, inputs: RuleInputs,
-            schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
-    """Hits of ``_claim_hits`` in the ``schema`` (:func:`hits_schema`) layout at the rule's
-    level."""
+            layout: _HitsLayout) -> pl.LazyFrame:
+    """Hits of ``_claim_hits`` in the ``layout`` at the rule's level."""
     if KINDS[rule.kind].level == "claim" and rule.level != "claim":
         # Entity rules built from claim kinds: the entity of each hit claim, amounts summed.
         owner = LEVEL_ID[rule.level]
@@ -137,19 +155,16 @@ def _finish(rule: Rule, hits: pl.LazyFrame, inputs: RuleInputs,
                           how="inner")
                 .filter(pl.col(owner).is_not_null())
                 .group_by(owner).agg(pl.col("amount_at_stake").sum()))
-    return hits.select(_hit_columns(
-        rule.level, rule.id, rule.kind, rule.reason_code, rule.severity, rule.stage,
-        rule.result_class, tuple(schema.items())))
+    return hits.select(_hit_columns(rule.level, rule.id, rule.kind, rule.reason_code,
+                                    rule.severity, rule.stage, rule.result_class, layout))
 
 
 @functools.lru_cache(maxsize=1024)
 def _hit_columns(level: str, rule_id: str, kind: str, reason_code: str, severity: int,
-                 stage: str, result_class: str,
-                 schema: tuple[tuple[str, pl.DataType], ...]) -> tuple[pl.Expr, ...]:
-    """The expressions of a rule's hits in the ``schema`` (:func:`hits_schema`, as items)
-    layout.  Cached: building ~10 expressions per rule is a measurable part of a call
-    scoring a handful of claims."""
-    dtype = dict(schema)
+                 stage: str, result_class: str, layout: _HitsLayout) -> tuple[pl.Expr, ...]:
+    """The expressions of a rule's hits in ``layout``.  Cached: building ~10 expressions
+    per rule is a measurable part of a call scoring a handful of claims."""
+    dtype = layout.dtypes
     return (
         pl.lit(level, dtype["level"]).alias("level"),
         pl.col(LEVEL_ID[level]).cast(pl.String).alias("id"),
@@ -163,20 +178,18 @@ def _hit_columns(level: str, rule_id: str, kind: str, reason_code: str, severity
     )
 
 
-def _rule_query(rule: Rule, inputs: RuleInputs,
-                schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
-    """Hits of one rule as ``schema`` rows at the rule's level."""
-    return _finish(rule, _claim_hits(rule, inputs), inputs, schema)
+def _rule_query(rule: Rule, inputs: RuleInputs, layout: _HitsLayout) -> pl.LazyFrame:
+    """Hits of one rule as ``layout`` rows at the rule's level."""
+    return _finish(rule, _claim_hits(rule, inputs), inputs, layout)
 
 
 def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date | None,
-              end: date | None, schema: Mapping[str, pl.DataType], claim_copies: bool = False,
+              end: date | None, layout: _HitsLayout, claim_copies: bool = False,
               partitions: PatientPartitions | None = None) -> list[pl.DataFrame]:
-    """Hits frames of ``rules`` (all of whose tables are in ``lazy``) in the ``schema``
-    layout."""
+    """Hits frames of ``rules`` (all of whose tables are in ``lazy``) in ``layout``."""
     local = [r for r in rules if r.kind in PATIENT_LOCAL_KINDS]
     if local and partitions is not None and partitions.covers(None, end):
-        return _evaluate_partitioned(rules, lazy, start, end, schema, claim_copies,
+        return _evaluate_partitioned(rules, lazy, start, end, layout, claim_copies,
                                      partitions)
     n_claims = lazy["claims"].select(pl.len()).collect(engine="in-memory").item()
     if local and n_claims > CLAIMS_PER_PARTITION:
@@ -185,7 +198,7 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
         with split_by_patient(lazy, end=end, claims_per_partition=CLAIMS_PER_PARTITION,
                               roster="duty_roster" in lazy) as own:
             if own is not None:
-                return _evaluate_partitioned(rules, lazy, start, end, schema, claim_copies,
+                return _evaluate_partitioned(rules, lazy, start, end, layout, claim_copies,
                                              own)
     # The shared inputs are materialised once (RuleInputs).  Inputs up to
     # COLLECT_TOGETHER_BELOW claims run every rule's query in one parallel collect on the
@@ -198,17 +211,17 @@ def _evaluate(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame], start: date |
         # lines its eager steps cost ~1 ms more than the joins they replace.
         inputs = RuleInputs(lazy, start, end, engine="in-memory", small=small,
                             index_lines=not small, claim_copies=claim_copies)
-        return pl.collect_all([_rule_query(rule, inputs, schema) for rule in rules],
+        return pl.collect_all([_rule_query(rule, inputs, layout) for rule in rules],
                               engine="in-memory",
                               optimizations=(SMALL_INPUT_OPTIMIZATIONS if small
                                              else pl.QueryOptFlags()))
     inputs = RuleInputs(lazy, start, end, claim_copies=claim_copies)
-    return [_rule_query(rule, inputs, schema).collect() for rule in rules]
+    return [_rule_query(rule, inputs, layout).collect() for rule in rules]
 
 
 def _evaluate_partitioned(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame],
                           start: date | None, end: date | None,
-                          schema: Mapping[str, pl.DataType], claim_copies: bool,
+                          layout: _HitsLayout, claim_copies: bool,
                           partitions: PatientPartitions) -> list[pl.DataFrame]:
     """:func:`_evaluate` with the patient-local kinds judged partition by partition and the
     others once over the whole window (lazily)."""
@@ -234,12 +247,12 @@ def _evaluate_partitioned(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame],
             sales_parts.append(inputs.drug_sales().collect())
     precomputed = {} if not sales_parts else {"drug_sales": combine_drug_sales(sales_parts)}
     whole = dataclasses.replace(population, precomputed=precomputed)
-    frames = [_rule_query(rule, whole, schema).collect(engine="streaming") for rule in cross]
+    frames = [_rule_query(rule, whole, layout).collect(engine="streaming") for rule in cross]
     for rule in local:
         # One rule at a time, its partitions' hits released once finished and sorted: the
         # hits of every rule (17M at 10M claims) are held once, not in three layouts.
         frames.append(_sorted_by_id(_finish(rule, pl.concat(hits.pop(rule.id)).lazy(),
-                                            whole, schema).collect()))
+                                            whole, layout).collect()))
     return frames
 
 
@@ -280,8 +293,8 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
 
     Returns
     -------
-    DataFrame with columns of :func:`hits_schema` (catalogue), one row per (rule, id), sorted by
-    rule_id then id.  ``amount_at_stake`` is in yuan.
+    DataFrame with the columns of :func:`hits_schema` (catalogue), one row per (rule, id),
+    sorted by rule_id then id.  ``amount_at_stake`` is in yuan.
     """
     catalogue = catalogue if catalogue is not None else load_catalogue()
     start, end = _check_window(window)
@@ -296,10 +309,10 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
             raise KeyError(f"rule {rule.id} ({rule.kind}) needs table(s) {absent}, which were "
                            f"not given; given: {sorted(lazy)}")
         rules.append(rule)
-    schema = hits_schema(catalogue)
+    layout = _layout(catalogue)
     if not rules:
-        return pl.DataFrame(schema=schema)
-    frames = _evaluate(rules, lazy, start, end, schema, claim_copies, partitions)
+        return pl.DataFrame(schema=layout.dtypes)
+    frames = _evaluate(rules, lazy, start, end, layout, claim_copies, partitions)
     if sum(frame.height for frame in frames) <= SORT_TOGETHER_BELOW:
         # (rule_id, id) is unique, so one sort of the few hits gives the same order as
         # the per-rule sorts below without their ~20 queries' fixed cost.
