@@ -139,6 +139,25 @@ def test_a_split_that_misses_claims_is_not_used(tiny_dataset, monkeypatch, spill
     assert_frame_equal(hits, evaluate_rules(tiny_dataset, window=WINDOW))
 
 
+def test_a_split_without_the_roster_serves_the_rules_only(tiny_dataset, monkeypatch, spills):
+    """A split made with ``roster=False`` says so; the claim features, which read the
+    roster's facility from the split, then split for themselves, and the rules judge
+    doctor_off_duty by joining the roster."""
+    monkeypatch.setattr(claims_module, "CLAIMS_PER_PARTITION", 1_000)
+    with split_by_patient(tiny_dataset, end=WINDOW[1], claims_per_partition=1_000,
+                          roster=False) as bare:
+        assert not bare.with_roster
+        assert ROSTER_COLUMN not in bare.parts[0]["claims"].collect_schema().names()
+        spills.clear()
+        features = build_features(tiny_dataset, WINDOW, levels=["claim"], partitions=bare)
+        hits = evaluate_rules(tiny_dataset, window=WINDOW, partitions=bare)
+    assert len(spills) == 1  # the features' own split; the rules used the bare one
+    assert_frame_equal(features.frame("claim"),
+                       build_features(tiny_dataset, WINDOW, levels=["claim"]).frame("claim"))
+    assert_frame_equal(hits, evaluate_rules(tiny_dataset, window=WINDOW))
+    assert hits.filter(pl.col("kind") == "doctor_off_duty").height > 0
+
+
 def test_partitions_without_claims_in_the_window(tiny_dataset, monkeypatch):
     """A split from the first claim has partitions with no claim in a short window: they
     add nothing, and the features equal the single pass."""

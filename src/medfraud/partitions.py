@@ -56,12 +56,15 @@ class PatientPartitions:
         the roster's facility of the claim's doctor that day), ``claim_lines`` (the lines
         of those claims) and ``patients`` (the registry rows of the partition's patients),
         each a lazy Parquet scan.
+    with_roster : whether the claims carry ``_roster_facility`` (the claim features need
+        it; a split made with ``roster=False`` serves the audit rules only).
     """
 
     start: date | None
     end: date | None
     n_claims: int
     parts: list[dict[str, pl.LazyFrame]]
+    with_roster: bool = False
 
     def covers(self, start: date | None, end: date | None) -> bool:
         """Whether every claim dated ``start``..``end`` is in the split."""
@@ -169,4 +172,4 @@ def split_by_patient(tables: Dataset | Mapping[str, pl.LazyFrame], start: date |
         frames["patients"] = tables["patients"].with_columns(part)
     with tempfile.TemporaryDirectory(prefix="medfraud-partitions-") as folder:
         yield PatientPartitions(start, end, n_claims,
-                                spill_partitions(frames, n_parts, Path(folder)))
+                                spill_partitions(frames, n_parts, Path(folder)), roster)

@@ -103,7 +103,8 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
         and must equal, its window.
     partitions : this dataset split by patient (:func:`medfraud.partitions.split_by_patient`),
         shared with the audit rules of the same window: the claim features read it instead
-        of splitting the window themselves, when it holds every claim of the window.
+        of splitting the window themselves, when it holds every claim of the window with
+        the roster's facility (a split made with ``roster=True``, the default).
 
     Returns
     -------

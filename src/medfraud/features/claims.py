@@ -555,7 +555,8 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
     reference : precomputed statistics of ``reference_window`` (see
         :func:`fit_claim_reference`); fitted here when None.
     partitions : a split of this dataset by patient (:func:`medfraud.partitions.split_by_patient`)
-        holding every claim of ``window``, to read instead of splitting the window here.
+        to read instead of splitting the window here, when it holds every claim of
+        ``window`` with the roster's facility (``with_roster``).
     each_partition : called with each partition's rows of the returned frame (every claim
         of ``window`` of the partition's patients, in no particular order) and the lazy
         registry rows of those patients, once per partition (once with the whole frame
@@ -600,7 +601,7 @@ def claim_features(tables: Tables, window: Window, reference_window: Window,
         (pl.col("claim_id") >= pl.col("claim_id").shift(1)).all()
     ).collect(engine="streaming").item()
     start, end = window if window is not None else (None, None)
-    if partitions is not None and partitions.covers(start, end):
+    if partitions is not None and partitions.covers(start, end) and partitions.with_roster:
         frame = _partitioned(tables, partitions, window, params, stats, doctor_day,
                              each_partition)
     else:

@@ -230,8 +230,7 @@ def _evaluate_partitioned(rules: list[Rule], lazy: Mapping[str, pl.LazyFrame],
     sales_parts = [] if any(r.kind in DRUG_SALES_KINDS for r in cross) else None
     hits: dict[str, list[pl.DataFrame]] = {rule.id: [] for rule in local}
     population = RuleInputs(lazy, start, end, memoize=False, claim_copies=claim_copies)
-    roster_column = (ROSTER_COLUMN if partitions.parts and ROSTER_COLUMN in
-                     partitions.parts[0]["claims"].collect_schema().names() else None)
+    roster_column = ROSTER_COLUMN if partitions.with_roster else None
     for part in partitions.parts:
         # Tables the rules read, the partition's rows in place of the whole table's.
         split = {name: frame for name, frame in part.items() if name in lazy}
