@@ -239,11 +239,11 @@ def test_per_claim_amount_does_not_depend_on_line_order():
                           "amount": [0.1, 0.2, 0.025]})
     catalogue = load_catalogue()
     rule = catalogue.rules[0]
-    layout = _hit_columns("claim", rule.id, rule.kind, rule.reason_code, 1, "事后", "违规",
-                          _layout(catalogue))
+    hit_columns = _hit_columns("claim", rule.id, rule.kind, rule.reason_code, 1, "事后", "违规",
+                               _layout(catalogue))
     amounts = []
     for order in (lines, lines.reverse()):
-        hits = per_claim(order.lazy(), pl.col("amount")).select(layout).collect()
+        hits = per_claim(order.lazy(), pl.col("amount")).select(hit_columns).collect()
         amounts.append(hits["amount_at_stake"].item())
     assert amounts[0] == amounts[1]
     assert amounts[0] == pytest.approx(0.325, abs=0.0051)
