@@ -4,10 +4,12 @@ import numpy as np
 import polars as pl
 import pytest
 from detector_testkit import auroc, build_planted
+from sklearn.metrics import roc_auc_score
 
 from medfraud.detectors import SCORE_SCHEMA, NotFittedError, detector_from_state, make_detector
 from medfraud.detectors.ensemble import EnsembleDetector, _ecdf_rank
 from medfraud.detectors.pyod_family import PyODDetector
+from medfraud.features.frameset import FeatureSet
 
 FAST_LGB = {"family": "lightgbm", "min_child_samples": 5, "n_estimators": 60,
             "early_stopping_rounds": 15, "num_threads": 1}
@@ -134,3 +136,33 @@ def test_reasons_are_union_ordered_by_member_weight(planted):
         reasons = row["reasons"][0].to_list()
         assert reasons[0] == first
         assert sorted(reasons) == sorted(["DUP", *forest_reasons])
+
+
+def test_stacking_does_not_reward_a_member_that_memorised_its_training_labels(planted):
+    """A supervised member fitted on every training row has seen the labels of the
+    stacker's validation rows; a tree grown to memorise them scores those rows perfectly
+    there and nowhere else.  The stacker must judge it on rows it did not learn from: a
+    member trained on pure noise gets (almost) no weight next to one that finds the signal."""
+    rng = np.random.default_rng(3)
+    claims = planted.features.frame("claim")
+    noise = [f"noise_{i}" for i in range(5)]
+    features = FeatureSet(
+        {**planted.features.frames,
+         "claim": claims.with_columns([pl.Series(c, rng.random(claims.height)) for c in noise])},
+        {**planted.features.columns, "claim": planted.features.columns["claim"] + noise})
+    memoriser = make_detector("lightgbm", level="claim", columns=noise, num_leaves=64,
+                              min_child_samples=1, n_estimators=200, early_stopping_rounds=200,
+                              learning_rate=0.3, num_threads=1, seed=1,
+                              lgb_params={"min_sum_hessian_in_leaf": 1e-6})
+    memoriser.fit(features, planted.labels)
+    signal = PyODDetector("claim", model="ECOD").fit(features)
+    det = EnsembleDetector("claim", members=[memoriser, signal], method="stacked", seed=2)
+    det.fit(features, planted.labels)
+    y = planted.labels.target("claim", features.ids("claim"), None, source="full").to_numpy()
+    in_sample = memoriser.score(features)["score"].to_numpy()
+    assert roc_auc_score(y, in_sample) > 0.85  # what the stacker must not see
+    ranks = det._stacking_ranks(features, planted.labels)
+    assert roc_auc_score(y, ranks[:, 0]) < 0.7  # out-of-fold: noise
+    assert roc_auc_score(y, ranks[:, 1]) > 0.9
+    assert det.member_weights_[0] < 0.25 * det.member_weights_[1]  # in-sample: 0.53
+    assert auroc(det.score(features), planted.planted["claim"]) > 0.9

@@ -40,6 +40,11 @@ class Detector(ABC):
 
     family: ClassVar[str] = ""
     supervised: ClassVar[bool] = False
+    # Whether fit reads only the rows of its level's frame (and their labels), so that a
+    # FeatureSet whose frame keeps some rows trains it on those rows alone (the stacked
+    # ensemble refits such members without its validation rows).  Graph families read
+    # the graph and are not.
+    fits_on_rows: ClassVar[bool] = False
 
     def __init__(self, level: str = "claim", **params: Any):
         if level not in LEVELS:

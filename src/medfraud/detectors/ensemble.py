@@ -19,6 +19,10 @@ claim without pharmacy) rank 0.  Then:
   weighted mean of member ranks (``weights``, default equal), in [0, 1].
 * ``method="stacked"``: a logistic regression on all rank columns, fitted on a stratified,
   seeded validation fold of the training rows with labels; the score is its log-odds.
+  Supervised members that fit on rows (LightGBM, at any level) enter it with out-of-fold
+  scores (each row scored by a copy fitted on the other folds of its level), so the
+  regression weighs scores like a test row's, not scores of rows whose labels the member
+  learnt.
 
 Reasons are the union of the members' reasons (for rolled-up members, the reasons of the
 entity's highest-scoring claim), members ordered by weight (stacked: the sum of their
@@ -28,12 +32,13 @@ positive coefficients; members of weight 0 are left out), duplicates dropped, at
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import polars as pl
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from medfraud.detectors.base import Detector, make_detector, register, score_frame
 from medfraud.detectors.state import decode_array, detector_from_state, encode_array
@@ -42,6 +47,8 @@ from medfraud.labels import Labels
 from medfraud.schema import LEVEL_ID
 
 METHODS = ("rank", "stacked")
+# Folds of the out-of-fold member scores the stacking regression learns from.
+STACKING_FOLDS = 3
 
 
 @register("ensemble")
@@ -121,7 +128,7 @@ class EnsembleDetector(Detector):
                                              stratify=y, random_state=self.params["seed"])
             valid_rows = np.sort(valid_rows)
             model = LogisticRegression(C=self.params["C"], class_weight="balanced", max_iter=1000)
-            model.fit(ranks[valid_rows], y[valid_rows])
+            model.fit(self._stacking_ranks(features, labels)[valid_rows], y[valid_rows])
             self.coef_ = model.coef_.ravel().astype(np.float64)
             self.intercept_ = float(model.intercept_[0])
             member_of = np.array([m for m, _ in columns])
@@ -130,12 +137,59 @@ class EnsembleDetector(Detector):
         return self
 
     # --- helpers -------------------------------------------------------------------------
-    def _member_table(self, features: FeatureSet) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
-        """One row per id at ``level``: every member's columns (``m<i>:<col>``) and reasons."""
+    def _stacking_ranks(self, features: FeatureSet, labels: Labels) -> np.ndarray:
+        """Rank columns of every row as the logistic regression must see them, shape
+        (n, n_columns).
+
+        A supervised member fitted on every training row has learnt their labels: its
+        scores there are in-sample, better than on any test row, and the stacker would
+        overweight it.  Members that fit on rows alone (``Detector.fits_on_rows``: LightGBM,
+        at any level) enter with out-of-fold scores instead: each row of the member's level
+        is scored by a copy fitted on the other :data:`STACKING_FOLDS` folds (seeded,
+        stratified by the member's target when it has enough positives), like a test row by
+        the member itself.  They are ranked against the member's own training grid, as test
+        scores are.  Other members (graph families; unsupervised ones, which learn no
+        label) are used as fitted.
+        """
+        scores = [self._out_of_fold_scores(m, features, labels)
+                  if m.supervised and m.fits_on_rows else None for m in self.members_]
+        table, columns = self._member_table(features, scores)
+        if columns != self.columns_:
+            raise ValueError(f"{self.name}: out-of-fold member columns differ: {columns} vs {self.columns_}")
+        return self._ranks(table)
+
+    def _out_of_fold_scores(self, member: Detector, features: FeatureSet, labels: Labels) -> pl.DataFrame:
+        """``member``'s score frame at its level, each row scored by a copy of the member
+        fitted on the other folds of that level's rows."""
+        frame = features.frame(member.level)
+        y = labels.target(member.level, features.ids(member.level), member.params.get("typology"),
+                          source="full").to_numpy()
+        rows = np.arange(frame.height)
+        seed = self.params["seed"]
+        if min(y.sum(), len(y) - y.sum()) >= STACKING_FOLDS:
+            folds = StratifiedKFold(STACKING_FOLDS, shuffle=True, random_state=seed).split(rows, y)
+        else:
+            folds = KFold(STACKING_FOLDS, shuffle=True, random_state=seed).split(rows)
+
+        def keeping(kept: np.ndarray) -> FeatureSet:
+            return dataclasses.replace(features, frames={**features.frames,
+                                                         member.level: frame[np.sort(kept)]})
+
+        parts = []
+        for fit_rows, held_rows in folds:
+            copy = make_detector(member.family, **member.get_params()).fit(keeping(fit_rows), labels)
+            parts.append(copy.score(keeping(held_rows)))
+        return pl.concat(parts)
+
+    def _member_table(self, features: FeatureSet, scores: list[pl.DataFrame | None] | None = None
+                      ) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+        """One row per id at ``level``: every member's columns (``m<i>:<col>``) and reasons
+        (``scores[i]``, when given and not None, in place of member i's own scores)."""
         table = features.ids(self.level).cast(pl.String).alias("id").to_frame()
         columns: list[tuple[int, str]] = []
         for i, member in enumerate(self.members_):
-            part = _to_level(member.score(features), member.level, self.level, features)
+            own = scores[i] if scores is not None and scores[i] is not None else member.score(features)
+            part = _to_level(own, member.level, self.level, features)
             value_cols = [c for c in part.columns if c not in ("id", "reasons")]
             part = part.rename({c: _col_name(i, c) for c in value_cols} | {"reasons": f"m{i}:reasons"})
             table = table.join(part, on="id", how="left", maintain_order="left")
