@@ -343,7 +343,15 @@ def test_sweep_points_are_tagged_children_with_identical_keys(quickstart_run, tm
     assert set(runs[0].data.metrics) == set(runs[1].data.metrics)
     assert {k.split(".")[1] for k in runs[0].data.metrics} == {"claim", "doctor"}
     table = compare_runs("quickstart", "auprc", uri=uri)
-    assert {"rules[base=0.5]", "rules[base=2.0]"} <= set(table.columns)
+    assert "rules" in table.columns
+    assert set(table["point"]) == {"base=0.5", "base=2.0"}
+    from typer.testing import CliRunner
+
+    from medfraud.cli import app
+    out = CliRunner().invoke(app, ["compare", "--experiment", "quickstart", "--uri", uri],
+                             env={"COLUMNS": "240"})
+    assert out.exit_code == 0, out.output
+    assert "sweep point" in out.output and "base=0.5" in out.output and "base=2.0" in out.output
     parent_artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
     assert "plots/sweep_base.png" in parent_artifacts
 

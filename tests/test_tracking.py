@@ -105,14 +105,14 @@ def test_compare_runs_side_by_side(store):
             _child("rules", {"claim.upcoding.auprc": auprc[0], "claim.upcoding.auroc": 0.6,
                              "doctor.collusion_ring.auprc": math.nan})
             _child("lgbm", {"claim.upcoding.auprc": auprc[1], "claim.upcoding.auroc": 0.9,
-                            "doctor.collusion_ring.auprc": 0.5}, point="camouflage=0.3")
+                            "doctor.collusion_ring.auprc": 0.5})
     table = tracking.compare_runs("cmp", uri=store)
-    assert table.columns == ["key", "rules", "lgbm[camouflage=0.3]", "best", "best_value"]
+    assert table.columns == ["key", "rules", "lgbm", "best", "best_value"]
     rows = {r["key"]: r for r in table.iter_rows(named=True)}
     assert set(rows) == {"test.claim.upcoding.auprc", "test.doctor.collusion_ring.auprc"}
     assert rows["test.claim.upcoding.auprc"]["rules"] == pytest.approx(0.3)
     assert rows["test.claim.upcoding.auprc"]["best"] == "rules"
-    assert rows["test.doctor.collusion_ring.auprc"]["best"] == "lgbm[camouflage=0.3]"
+    assert rows["test.doctor.collusion_ring.auprc"]["best"] == "lgbm"
     full = tracking.compare_runs("cmp", "test.claim.upcoding.auroc", uri=store, latest_only=False)
     assert full.height == 1 and full.width == 1 + 4 + 2
     assert full["best_value"][0] == pytest.approx(0.9)
@@ -120,3 +120,20 @@ def test_compare_runs_side_by_side(store):
     assert any(c.startswith("cmp/") for c in everything.columns)
     with pytest.raises(KeyError, match="available"):
         tracking.compare_runs("nope", uri=store)
+
+
+def test_compare_runs_of_a_sweep_compares_within_each_point(store):
+    """A sweep's points are different data (or parameters chosen on the test split): each
+    row compares the detectors at one point.  Across points, the easiest camouflage would
+    make one detector 'best' everywhere."""
+    with tracking.start_run("sweep", experiment="camo", uri=store):
+        for point, (rules, lgbm) in {"camouflage=0.0": (0.2, 0.9),
+                                     "camouflage=0.9": (0.3, 0.1)}.items():
+            _child("rules", {"claim.upcoding.auprc": rules}, point=point)
+            _child("lgbm", {"claim.upcoding.auprc": lgbm}, point=point)
+    table = tracking.compare_runs("camo", uri=store)
+    assert table.columns == ["key", "point", "rules", "lgbm", "best", "best_value"]
+    assert table["point"].to_list() == ["camouflage=0.0", "camouflage=0.9"]
+    assert table["best"].to_list() == ["lgbm", "rules"]
+    assert table["best_value"].to_list() == pytest.approx([0.9, 0.3])
+    assert table["rules"].to_list() == pytest.approx([0.2, 0.3])

@@ -245,7 +245,8 @@ def _runs_frame(client: MlflowClient, experiment_ids: list[str]) -> list[Any]:
 
 def compare_runs(experiment: str | None = None, metric: str | None = None, *,
                  uri: str | None = None, latest_only: bool = True) -> pl.DataFrame:
-    """Detector runs side by side, one row per metric key, with the best run per key.
+    """Detector runs side by side, one row per metric key (and sweep point), with the best
+    run of each row.
 
     Parameters
     ----------
@@ -257,10 +258,12 @@ def compare_runs(experiment: str | None = None, metric: str | None = None, *,
 
     Returns
     -------
-    DataFrame with columns ``key`` (``<split>.<level>.<typology>.<metric>``), one Float64
-    column per run (labelled ``detector`` plus ``[sweep point]``; prefixed with the
-    experiment when several are compared), ``best`` (label of the best run, null when
-    every value is NaN) and ``best_value``.  Empty (only ``key``) when nothing matches.
+    DataFrame with columns ``key`` (``<split>.<level>.<typology>.<metric>``), ``point``
+    (the sweep point, e.g. ``camouflage=0.6``; only when the runs come from a sweep: runs
+    are compared within a point, never across points), one Float64 column per detector
+    (prefixed with the experiment when several are compared), ``best`` (label of the best
+    run of the row, null when every value is NaN) and ``best_value``.  Rows are sorted by
+    key, then sweep point in run order.  Empty (only ``key``) when nothing matches.
 
     Raises
     ------
@@ -285,31 +288,36 @@ def compare_runs(experiment: str | None = None, metric: str | None = None, *,
         runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId", "") == latest[r.info.experiment_id]]
     wanted = metric or "auprc"
     several = len({r.info.experiment_id for r in runs}) > 1
-    columns: dict[str, dict[str, float]] = {}
+    # (sweep point, run label) -> metrics.  Runs of a sweep are compared within their point:
+    # a dataset sweep's points are different data (every detector scores best at the easiest
+    # camouflage), and choosing a parameter on the test split would be choosing on test.
+    cells: dict[tuple[str, str], dict[str, float]] = {}
     for run in reversed(runs):  # oldest first, so columns follow run order
         label = run.data.tags.get(TAG_DETECTOR, run.info.run_name or run.info.run_id[:8])
-        point = run.data.tags.get(TAG_POINT)
-        if point:
-            label += f"[{point}]"
+        point = run.data.tags.get(TAG_POINT) or ""
         if several:
             label = f"{names[run.info.experiment_id]}/{label}"
-        if label in columns:
+        if (point, label) in cells:
             label += f"#{run.info.run_id[:6]}"
-        columns[label] = {k: v for k, v in run.data.metrics.items()
-                          if k == wanted or k.rsplit(".", 1)[-1] == wanted}
-    keys = sorted({k for values in columns.values() for k in values})
-    frame = pl.DataFrame({"key": pl.Series(keys, dtype=pl.String)})
-    if not columns or not keys:
+        cells[(point, label)] = {k: v for k, v in run.data.metrics.items()
+                                 if k == wanted or k.rsplit(".", 1)[-1] == wanted}
+    labels = list(dict.fromkeys(label for _, label in cells))
+    points = list(dict.fromkeys(point for point, _ in cells))
+    swept = points != [""]
+    rows = sorted({(k, points.index(point)) for (point, _), values in cells.items() for k in values})
+    frame = pl.DataFrame({"key": pl.Series([k for k, _ in rows], dtype=pl.String)})
+    if not rows:
         return frame
-    frame = frame.with_columns(
-        pl.Series(label, [values.get(k, math.nan) for k in keys], dtype=pl.Float64)
-        for label, values in columns.items())
-    labels = list(columns)
-    matrix = frame.select(labels).to_numpy()
+    if swept:
+        frame = frame.with_columns(pl.Series("point", [points[i] for _, i in rows], dtype=pl.String))
+    matrix = np.array([[cells.get((points[i], label), {}).get(k, math.nan) for label in labels]
+                       for k, i in rows], dtype=np.float64).reshape(len(rows), len(labels))
+    frame = frame.with_columns(pl.Series(label, matrix[:, j], dtype=pl.Float64)
+                               for j, label in enumerate(labels))
     finite = np.where(np.isnan(matrix), -np.inf, matrix)
     has_value = ~np.isnan(matrix).all(axis=1)
     best_idx = finite.argmax(axis=1)
     best = [labels[i] if ok else None for i, ok in zip(best_idx, has_value)]
-    best_value = np.where(has_value, finite[np.arange(len(keys)), best_idx], np.nan)
+    best_value = np.where(has_value, finite[np.arange(len(rows)), best_idx], np.nan)
     return frame.with_columns(pl.Series("best", best, dtype=pl.String),
                               pl.Series("best_value", best_value, dtype=pl.Float64))

@@ -29,9 +29,13 @@ def command(
     if table.height == 0:
         err.print(f"no detector runs with metric {metric or 'auprc'!r} in {resolve_uri(uri)}")
         raise typer.Exit(1)
-    runs = [c for c in table.columns if c not in ("key", "best", "best_value")]
-    out = Table(title=f"{metric or 'auprc'} by run (bold: best per key)")
+    swept = "point" in table.columns
+    runs = [c for c in table.columns if c not in ("key", "point", "best", "best_value")]
+    out = Table(title=f"{metric or 'auprc'} by run (bold: best per key"
+                      f"{' and sweep point' if swept else ''})")
     out.add_column("key")
+    if swept:
+        out.add_column("point")
     for run in runs:
         out.add_column(escape(run), justify="right")  # "rules[camouflage=0.3]" is not markup
     out.add_column("best")
@@ -41,5 +45,6 @@ def command(
             value = row[run]
             text = "–" if value != value else f"{value:.3f}"
             cells.append(f"[bold green]{text}[/bold green]" if run == row["best"] else text)
-        out.add_row(row["key"], *cells, escape(row["best"] or "–"))
+        point = [escape(row["point"])] if swept else []
+        out.add_row(row["key"], *point, *cells, escape(row["best"] or "–"))
     Console().print(out)
