@@ -111,7 +111,6 @@ class EnsembleDetector(Detector):
         self.columns_ = columns
         self.grids_ = [_quantile_grid(table[_col_name(m, c)].to_numpy(), self.params["grid_size"])
                        for m, c in columns]
-        ranks = self._ranks(table)
         n_members = len(members)
         if self.params["method"] == "rank":
             weights = np.asarray(self.params["weights"] or [1.0] * n_members, dtype=np.float64)
