@@ -73,7 +73,7 @@ HELPER_COLUMNS = ["_drug_amount", "_high_value_amount", "_month"]
 # train at: LightGBM bins, torch and the isolation forest compute in float32), UInt16
 # counts and Int16 day spans, and the context column ``setting`` is an Enum of the
 # contract's settings (1 byte instead of a 16-byte string view).  The claim frame is the
-# largest object of a build and lives through the rules (10M claims: ~0.55 GiB less than
+# largest object of a build and lives through the rules (10M claims: ~0.5 GiB less than
 # with UInt32 counts, Int32 days and a String setting, which were already ~0.7 GiB less
 # than Float64 / Int64); money (total_amount, fund_paid) stays Float64.  Counts saturate
 # at 65 535 (lines of a claim, claims of a card on a day) and day spans at +-32 767 days
