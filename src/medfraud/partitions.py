@@ -72,6 +72,16 @@ class PatientPartitions:
                 and (self.end is None or (end is not None and end <= self.end)))
 
 
+def with_roster_facility(claims: pl.LazyFrame, roster: pl.LazyFrame) -> pl.LazyFrame:
+    """``claims`` with :data:`ROSTER_COLUMN`: the facility ``roster`` (the contract's
+    duty_roster) lists for the claim's doctor on its service date, null when the doctor is
+    not rostered that day.  (doctor_id, date) is unique in a valid roster: the left join
+    adds no rows."""
+    on_duty = roster.select("doctor_id", pl.col("date").alias("service_date"),
+                            pl.col("facility_id").alias(ROSTER_COLUMN))
+    return claims.join(on_duty, on=["doctor_id", "service_date"], how="left")
+
+
 def sort_by_column(frame: pl.DataFrame, key: str, *, multithreaded: bool = True
                    ) -> pl.DataFrame:
     """``frame.sort(key)`` gathering one column at a time; ``frame`` is emptied.
@@ -158,10 +168,7 @@ def split_by_patient(tables: Dataset | Mapping[str, pl.LazyFrame], start: date |
     # Numbered before any join: a streaming join does not keep the scan's order.
     claims = dated.with_row_index(ROW_COLUMN)
     if roster:
-        on_duty = tables["duty_roster"].select("doctor_id", pl.col("date").alias("service_date"),
-                                               pl.col("facility_id").alias(ROSTER_COLUMN))
-        # (doctor_id, date) is unique in a valid roster: the join adds no rows.
-        claims = claims.join(on_duty, on=["doctor_id", "service_date"], how="left")
+        claims = with_roster_facility(claims, tables["duty_roster"])
     frames = {"claims": claims.with_columns(part)}
     if "claim_lines" in tables:
         key = claim_join_key(dated)

@@ -34,6 +34,7 @@ from medfraud.partitions import (
     claim_join_key,
     sort_by_column,
     split_by_patient,
+    with_roster_facility,
 )
 from medfraud.schema import SETTINGS
 
@@ -130,12 +131,9 @@ def _claims_base(tables: Tables, window: Window) -> pl.LazyFrame:
     (``_roster_facility``) and the patient, doctor and facility attributes used below
     (:func:`_join_attributes`): the claim base of a window processed in one partition
     (:func:`medfraud.partitions.split_by_patient` joins the roster of larger ones).
-    The roster's key (doctor_id, date) is unique in a valid dataset: the join adds no rows.
     """
-    roster = tables.duty_roster.select(pl.col("doctor_id"), pl.col("date").alias("service_date"),
-                                       pl.col("facility_id").alias(ROSTER_COLUMN))
-    base = (tables.claims.filter(in_window("service_date", window))
-            .join(roster, on=["doctor_id", "service_date"], how="left"))
+    base = with_roster_facility(tables.claims.filter(in_window("service_date", window)),
+                                tables.duty_roster)
     return _join_attributes(tables, base)
 
 

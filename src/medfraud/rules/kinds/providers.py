@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 from pydantic import Field
 
+from medfraud.partitions import ROSTER_COLUMN, with_roster_facility
 from medfraud.rules.inputs import RuleInputs, is_in, per_claim
 from medfraud.rules.registry import KindParams, register_kind
 
@@ -72,11 +73,8 @@ def doctor_off_duty(inputs: RuleInputs, params: OffDutyParams) -> pl.LazyFrame:
         if inputs.start is not None:
             # Only the window's days can match a window claim: a smaller join.
             roster = roster.filter(pl.col("date") >= inputs.start)
-        roster = roster.select(
-            "doctor_id", pl.col("date").alias("service_date"),
-            pl.col("facility_id").alias("duty_facility"))
-        claims = inputs.window_claims(columns).join(roster, on=["doctor_id", "service_date"],
-                                                    how="left")
+        claims = with_roster_facility(inputs.window_claims(columns), roster) \
+            .rename({ROSTER_COLUMN: "duty_facility"})
     judged = claims.filter(is_in("setting", params.settings))
     bad = pl.col("duty_facility").is_null()
     if params.check_facility:
