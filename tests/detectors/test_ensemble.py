@@ -161,7 +161,8 @@ def test_stacking_does_not_reward_a_member_that_memorised_its_training_labels(pl
     y = planted.labels.target("claim", features.ids("claim"), None, source="full").to_numpy()
     in_sample = memoriser.score(features)["score"].to_numpy()
     assert roc_auc_score(y, in_sample) > 0.85  # what the stacker must not see
-    ranks = det._stacking_ranks(features, planted.labels)
+    ranks = det._stacking_ranks(features, planted.labels,
+                                [m.score(features) for m in det.members_])
     assert roc_auc_score(y, ranks[:, 0]) < 0.7  # out-of-fold: noise
     assert roc_auc_score(y, ranks[:, 1]) > 0.9
     assert det.member_weights_[0] < 0.25 * det.member_weights_[1]  # in-sample: 0.53

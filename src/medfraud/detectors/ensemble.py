@@ -107,7 +107,10 @@ class EnsembleDetector(Detector):
                 raise TypeError(f"ensemble member {i} must be a Detector or a dict with 'family', "
                                 f"got {type(member).__name__}")
         self.members_ = members
-        table, columns = self._member_table(features)
+        # Scored once: the stacker's table reuses the scores of the members it does not
+        # refit out of fold.
+        scores = [member.score(features) for member in members]
+        table, columns = self._member_table(features, scores)
         self.columns_ = columns
         self.grids_ = [_quantile_grid(table[_col_name(m, c)].to_numpy(), self.params["grid_size"])
                        for m, c in columns]
@@ -127,7 +130,7 @@ class EnsembleDetector(Detector):
                                              stratify=y, random_state=self.params["seed"])
             valid_rows = np.sort(valid_rows)
             model = LogisticRegression(C=self.params["C"], class_weight="balanced", max_iter=1000)
-            model.fit(self._stacking_ranks(features, labels)[valid_rows], y[valid_rows])
+            model.fit(self._stacking_ranks(features, labels, scores)[valid_rows], y[valid_rows])
             self.coef_ = model.coef_.ravel().astype(np.float64)
             self.intercept_ = float(model.intercept_[0])
             member_of = np.array([m for m, _ in columns])
@@ -136,9 +139,10 @@ class EnsembleDetector(Detector):
         return self
 
     # --- helpers -------------------------------------------------------------------------
-    def _stacking_ranks(self, features: FeatureSet, labels: Labels) -> np.ndarray:
+    def _stacking_ranks(self, features: FeatureSet, labels: Labels,
+                        scores: list[pl.DataFrame]) -> np.ndarray:
         """Rank columns of every row as the logistic regression must see them, shape
-        (n, n_columns).
+        (n, n_columns); ``scores`` are the fitted members' own score frames.
 
         A supervised member fitted on every training row has learnt their labels: its
         scores there are in-sample, better than on any test row, and the stacker would
@@ -150,9 +154,10 @@ class EnsembleDetector(Detector):
         scores are.  Other members (graph families; unsupervised ones, which learn no
         label) are used as fitted.
         """
-        scores = [self._out_of_fold_scores(m, features, labels)
-                  if m.supervised and m.fits_on_rows else None for m in self.members_]
-        table, columns = self._member_table(features, scores)
+        stacking = [self._out_of_fold_scores(m, features, labels)
+                    if m.supervised and m.fits_on_rows else own
+                    for m, own in zip(self.members_, scores, strict=True)]
+        table, columns = self._member_table(features, stacking)
         if columns != self.columns_:
             raise ValueError(f"{self.name}: out-of-fold member columns differ: {columns} vs {self.columns_}")
         return self._ranks(table)
@@ -180,15 +185,17 @@ class EnsembleDetector(Detector):
             parts.append(copy.score(keeping(held_rows)))
         return pl.concat(parts)
 
-    def _member_table(self, features: FeatureSet, scores: list[pl.DataFrame | None] | None = None
+    def _member_table(self, features: FeatureSet, scores: list[pl.DataFrame] | None = None
                       ) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
-        """One row per id at ``level``: every member's columns (``m<i>:<col>``) and reasons
-        (``scores[i]``, when given and not None, in place of member i's own scores)."""
+        """One row per id at ``level``: every member's columns (``m<i>:<col>``) and reasons,
+        from ``scores`` (one score frame per member, at its level; default: each member
+        scores ``features``)."""
+        if scores is None:
+            scores = [member.score(features) for member in self.members_]
         table = features.ids(self.level).cast(pl.String).alias("id").to_frame()
         columns: list[tuple[int, str]] = []
-        for i, member in enumerate(self.members_):
-            own = scores[i] if scores is not None and scores[i] is not None else member.score(features)
-            part = _to_level(own, member.level, self.level, features)
+        for i, (member, member_scores) in enumerate(zip(self.members_, scores, strict=True)):
+            part = _to_level(member_scores, member.level, self.level, features)
             value_cols = [c for c in part.columns if c not in ("id", "reasons")]
             part = part.rename({c: _col_name(i, c) for c in value_cols} | {"reasons": f"m{i}:reasons"})
             table = table.join(part, on="id", how="left", maintain_order="left")
