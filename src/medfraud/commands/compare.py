@@ -37,7 +37,7 @@ def command(
     if swept:
         out.add_column("point")
     for run in runs:
-        out.add_column(escape(run), justify="right")  # "rules[camouflage=0.3]" is not markup
+        out.add_column(escape(run), justify="right")  # a run name's brackets are not markup
     out.add_column("best")
     for row in table.iter_rows(named=True):
         cells = []

@@ -308,9 +308,9 @@ def evaluate_tables(tables: Mapping[str, pl.LazyFrame | pl.DataFrame],
             raise KeyError(f"rule {rule.id} ({rule.kind}) needs table(s) {absent}, which were "
                            f"not given; given: {sorted(lazy)}")
         rules.append(rule)
-    layout = _layout(catalogue)
     if not rules:
-        return pl.DataFrame(schema=layout.dtypes)
+        return empty_hits(catalogue)
+    layout = _layout(catalogue)
     frames = _evaluate(rules, lazy, start, end, layout, claim_copies, partitions)
     if sum(frame.height for frame in frames) <= SORT_TOGETHER_BELOW:
         # (rule_id, id) is unique, so one sort of the few hits gives the same order as
