@@ -373,6 +373,19 @@ def _check_key(table: str, spec: TableSpec, frame: pl.LazyFrame) -> list[Problem
                     _example(dups, key + ["n"]))]
 
 
+def check_values(table: str, frame: pl.LazyFrame, columns: tuple[str, ...] | None = None
+                 ) -> list[Problem]:
+    """The value checks of :data:`RANGE_CHECKS` on one table's rows (``columns``: only the
+    checks of these columns; None: all of the table's).
+
+    For callers handed tables that may not have passed :func:`validate` (a library call on
+    a user's frame), to report a bad value the way ``medfraud validate`` does.
+    """
+    return [problem for check_table, column, message, bad in RANGE_CHECKS
+            if check_table == table and (columns is None or column in columns)
+            for problem in _check_predicate(table, column, message, frame, bad)]
+
+
 def _check_predicate(table: str, column: str, message: str, frame: pl.LazyFrame,
                      bad: pl.Expr) -> list[Problem]:
     offending = frame.filter(bad.fill_null(False))

@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 from medfraud.dataset import Dataset
 from medfraud.features import FeatureSet, build_features, feature_columns
 from medfraud.features.claims import CONTEXT_COLUMNS
-from medfraud.schema import LABEL_TABLES, LEVEL_ID, LEVELS, SETTINGS
+from medfraud.schema import LABEL_TABLES, LEVEL_ID, LEVELS, SETTINGS, DataError
 
 NUMERIC = (pl.Float64, pl.Float32, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16,
            pl.UInt32, pl.UInt64)
@@ -144,6 +144,24 @@ def test_missing_table_is_named(toy_dataset_path, tmp_path):
     shutil.rmtree(copy / "duty_roster")
     with pytest.raises(FileNotFoundError, match="duty_roster"):
         build_features(Dataset(copy))
+
+
+def test_unknown_setting_is_reported_like_the_validator(toy_dataset_path, tmp_path):
+    # build_features expects a validated dataset; one that skipped `medfraud validate` with
+    # an unknown setting gets the validator's report, not polars' cast error.
+    copy = tmp_path / "bad_setting"
+    shutil.copytree(toy_dataset_path, copy)
+    claims = pl.read_parquet(copy / "claims")
+    bad_id = claims["claim_id"][3]
+    shutil.rmtree(copy / "claims")
+    (copy / "claims").mkdir()
+    claims.with_columns(pl.when(pl.col("claim_id") == bad_id).then(pl.lit("teleconsult"))
+                        .otherwise(pl.col("setting")).alias("setting")) \
+        .write_parquet(copy / "claims" / "part-0.parquet")
+    with pytest.raises(DataError, match=r"claims\.setting: setting must be one of .*"
+                                        r"\(1 bad row\(s\)\); example: .*teleconsult") as info:
+        build_features(Dataset(copy))
+    assert bad_id in str(info.value)
 
 
 # --- the generated tiny preset -------------------------------------------------------------

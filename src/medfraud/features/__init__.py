@@ -33,7 +33,7 @@ from medfraud.features.graph_tabular import GRAPH_FEATURES, graph_features
 from medfraud.features.peers import PEER_FEATURES, peer_deviation
 from medfraud.partitions import PatientPartitions
 from medfraud.partitions import sort_by_column as _sort_by_column
-from medfraud.schema import LEVEL_ID, LEVELS
+from medfraud.schema import LEVEL_ID, LEVELS, DataError, check_values
 
 __all__ = ["ClaimReference", "FeatureParams", "FeatureSet", "build_features", "claim_reference",
            "feature_columns"]
@@ -65,6 +65,24 @@ def _collect(frames: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
     # One level at a time: collecting them together would hold every level's group-by
     # state over the claim frame at once (the peak of a build), for little shared work.
     return {name: frame.collect() for name, frame in frames.items()}
+
+
+def _claim_frame(tables: Tables, *args) -> pl.DataFrame:
+    """:func:`claim_features` (same arguments), a bad ``setting`` reported as
+    :class:`~medfraud.schema.DataError`.
+
+    The claim frame stores ``setting`` as an Enum of the contract's settings: on a dataset
+    that skipped ``medfraud validate``, an unknown one fails that cast deep in the query
+    with polars' message.  It is reported as the validator reports it (table, column, bad
+    rows, an example row) instead.
+    """
+    try:
+        return claim_features(tables, *args)
+    except pl.exceptions.InvalidOperationError as exc:
+        problems = check_values("claims", tables.claims, ("setting",))
+        if problems:
+            raise DataError(problems) from exc
+        raise
 
 
 def claim_reference(dataset: Dataset, reference_window: tuple[date, date] | None
@@ -148,8 +166,8 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
                                  .collect())
 
     # The claim frame feeds every level: materialise it once instead of recomputing per level.
-    claims = claim_features(tables, window, reference_window, params, claim_reference,
-                            partitions, patient_level if "patient" in levels else None)
+    claims = _claim_frame(tables, window, reference_window, params, claim_reference,
+                          partitions, patient_level if "patient" in levels else None)
     if claims.height == 0:
         raise ValueError(f"{dataset.path}: no claims with service_date in window {window}")
     collected: dict[str, pl.DataFrame] = {}
@@ -164,8 +182,8 @@ def build_features(dataset: Dataset, window: tuple[date, date] | None = None, *,
         if reference_window == window:
             reference = collected
         else:
-            ref_claims = claim_features(tables, reference_window, reference_window,
-                                        params, claim_reference, partitions)
+            ref_claims = _claim_frame(tables, reference_window, reference_window,
+                                      params, claim_reference, partitions)
             reference = _collect(_entity_stage(ref_claims, tables, reference_window,
                                                peer_levels, params))
         collected = _collect(peer_deviation(
