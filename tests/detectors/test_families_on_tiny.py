@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -45,3 +46,51 @@ def test_families_on_tiny(tiny, level):
         # every family must rank fraud above chance on its own training data
         assert auprc[family] > prevalence, (family, auprc[family], prevalence)
     assert auprc["lightgbm"] > 0.5
+
+
+def test_stacked_ensemble_scores_graph_members_out_of_fold(tiny, tiny_dataset, monkeypatch):
+    """A graph member of a stacked ensemble enters the regression with scores of copies that
+    did not learn the scored rows' labels: each refit sees the labels of all but one fold
+    of the training doctors, and each doctor is held out exactly once."""
+    from medfraud.detectors.base import REGISTRY
+    from medfraud.detectors.ensemble import STACKING_FOLDS, EnsembleDetector
+    from medfraud.detectors.gnn import graph_target
+    from medfraud.detectors.graph_tree import GraphTreeDetector
+    from medfraud.features.frameset import FeatureSet
+    from medfraud.graph.build import build_claims_graph
+
+    features, labels = tiny
+    features = FeatureSet(features.frames, features.columns, features.window,
+                          features.rule_hits, build_claims_graph(tiny_dataset, features))
+    labelled_by_fit: list[set[str]] = []
+
+    class LabelSpy(GraphTreeDetector):
+        family = "label_spy"
+
+        def fit(self, features, labels=None):
+            y = graph_target(features.graph, self.level, self.node_type, labels, None, "full",
+                             features)
+            ids = features.graph.node_ids[self.node_type].to_numpy()
+            labelled_by_fit.append(set(ids[np.isfinite(y)]))
+            return super().fit(features, labels)
+
+    monkeypatch.setitem(REGISTRY, "label_spy", LabelSpy)
+    det = EnsembleDetector("doctor", method="stacked", seed=2, members=[
+        {"family": "label_spy", "level": "doctor", "n_estimators": 30, "seed": 0},
+        {"family": "pyod", "level": "doctor", "model": "ECOD"}])
+    det.fit(features, labels)
+
+    doctors = set(features.ids("doctor").to_list())
+    assert len(labelled_by_fit) == 1 + STACKING_FOLDS
+    assert labelled_by_fit[0] == doctors  # the member itself: every training doctor
+    held_out = [doctors - seen for seen in labelled_by_fit[1:]]
+    assert all(seen < doctors for seen in labelled_by_fit[1:])
+    assert sum(len(fold) for fold in held_out) == len(doctors)
+    assert set().union(*held_out) == doctors
+    # The stacker's column of the graph member comes from those copies, not the member.
+    in_sample = det._ranks(det._member_table(features)[0])
+    out_of_fold = det._stacking_ranks(features, labels, [m.score(features) for m in det.members_])
+    graph_column = [i for i, (m, _) in enumerate(det.columns_) if m == 0]
+    assert not np.allclose(in_sample[:, graph_column], out_of_fold[:, graph_column])
+    np.testing.assert_array_equal(in_sample[:, len(graph_column):],
+                                  out_of_fold[:, len(graph_column):])

@@ -92,6 +92,13 @@ def test_errors(graph_features):
         fitted.score(FeatureSet(frames={}, columns={}, graph=smaller))
 
 
+@pytest.mark.parametrize(("arch", "learns"), [("sage", True), ("bwgnn", True),
+                                              ("dominant", False)])
+def test_only_the_semi_supervised_architectures_learn_labels(arch, learns):
+    # The stacked ensemble refits label-learning members out of fold; DOMINANT reads none.
+    assert make_detector("gnn", level="doctor", arch=arch).learns_labels is learns
+
+
 def test_beta_wavelets_partition_the_spectrum():
     coeffs = beta_wavelet_coefficients(3)
     lam = np.linspace(0, 2, 11)

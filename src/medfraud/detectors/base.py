@@ -40,11 +40,6 @@ class Detector(ABC):
 
     family: ClassVar[str] = ""
     supervised: ClassVar[bool] = False
-    # Whether fit reads only the rows of its level's frame (and their labels), so that a
-    # FeatureSet whose frame keeps some rows trains it on those rows alone (the stacked
-    # ensemble refits such members without its validation rows).  Graph families read
-    # the graph and are not.
-    fits_on_rows: ClassVar[bool] = False
 
     def __init__(self, level: str = "claim", **params: Any):
         if level not in LEVELS:
@@ -55,6 +50,17 @@ class Detector(ABC):
     @property
     def name(self) -> str:
         return f"{self.family}@{self.level}"
+
+    @property
+    def learns_labels(self) -> bool:
+        """Whether :meth:`fit` learns from labels (default: the family is ``supervised``).
+
+        Such a detector learns only the labels of the rows its FeatureSet keeps at its
+        level: a tabular family fits on those rows, a graph family (whose graph keeps
+        every node) leaves the others unlabelled.  The stacked ensemble relies on this to
+        score each of its training rows with a copy that did not see that row's label.
+        """
+        return self.supervised
 
     def get_params(self) -> dict[str, Any]:
         return {"level": self.level, **self.params}

@@ -146,16 +146,16 @@ class EnsembleDetector(Detector):
 
         A supervised member fitted on every training row has learnt their labels: its
         scores there are in-sample, better than on any test row, and the stacker would
-        overweight it.  Members that fit on rows alone (``Detector.fits_on_rows``: LightGBM,
-        at any level) enter with out-of-fold scores instead: each row of the member's level
-        is scored by a copy fitted on the other :data:`STACKING_FOLDS` folds (seeded,
-        stratified by the member's target when it has enough positives), like a test row by
-        the member itself.  They are ranked against the member's own training grid, as test
-        scores are.  Other members (graph families; unsupervised ones, which learn no
-        label) are used as fitted.
+        overweight it.  Members that learn labels (``Detector.learns_labels``: LightGBM,
+        graph_tree, the semi-supervised gnn architectures) enter with out-of-fold scores
+        instead: each row of the member's level is scored by a copy that learnt the labels
+        of the other :data:`STACKING_FOLDS` folds only (seeded, stratified by the member's
+        target when it has enough positives), like a test row by the member itself.  They
+        are ranked against the member's own training grid, as test scores are.
+        Unsupervised members learn no label and are used as fitted.
         """
         stacking = [self._out_of_fold_scores(m, features, labels)
-                    if m.supervised and m.fits_on_rows else own
+                    if m.learns_labels and m.level in features.frames else own
                     for m, own in zip(self.members_, scores, strict=True)]
         table, columns = self._member_table(features, stacking)
         if columns != self.columns_:
@@ -164,7 +164,12 @@ class EnsembleDetector(Detector):
 
     def _out_of_fold_scores(self, member: Detector, features: FeatureSet, labels: Labels) -> pl.DataFrame:
         """``member``'s score frame at its level, each row scored by a copy of the member
-        fitted on the other folds of that level's rows."""
+        fitted on the other folds of that level's rows.
+
+        The copy is given the features with the level's frame cut to those folds: a tabular
+        family then fits on their rows, a graph family learns their nodes' labels only (its
+        graph keeps every node, the others unlabelled) and scores every node, of which the
+        held-out fold's rows are kept."""
         frame = features.frame(member.level)
         y = labels.target(member.level, features.ids(member.level), member.params.get("typology"),
                           source="full").to_numpy()
@@ -179,10 +184,12 @@ class EnsembleDetector(Detector):
             return dataclasses.replace(features, frames={**features.frames,
                                                          member.level: frame[np.sort(kept)]})
 
+        ids = frame.get_column(LEVEL_ID[member.level]).cast(pl.String)
         parts = []
         for fit_rows, held_rows in folds:
             copy = make_detector(member.family, **member.get_params()).fit(keeping(fit_rows), labels)
-            parts.append(copy.score(keeping(held_rows)))
+            held = copy.score(keeping(held_rows))
+            parts.append(held.filter(pl.col("id").is_in(ids.gather(np.sort(held_rows)).implode())))
         return pl.concat(parts)
 
     def _member_table(self, features: FeatureSet, scores: list[pl.DataFrame] | None = None

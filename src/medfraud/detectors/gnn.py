@@ -121,6 +121,11 @@ class GNNDetector(GraphDetector):
         if self._p("arch") not in ARCHS:
             raise ValueError(f"gnn: arch must be one of {ARCHS}, got {self._p('arch')!r}")
 
+    @property
+    def learns_labels(self) -> bool:
+        """False for ``arch="dominant"``: it reconstructs the graph and reads no label."""
+        return self._p("arch") != "dominant"
+
     # -- model construction -------------------------------------------------------------
     @staticmethod
     def _config_of(graph: ClaimsGraph, arch: str) -> dict[str, Any]:

@@ -88,7 +88,6 @@ class LightGBMDetector(Detector):
     """
 
     supervised = True
-    fits_on_rows = True
 
     def __init__(self, level: str = "claim", mode: str = "supervised", typology: str | None = None,
                  seed: int = 0, columns: list[str] | None = None, num_leaves: int = 31,
