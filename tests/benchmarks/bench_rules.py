@@ -44,10 +44,36 @@ def run_features_and_rules(path: str) -> None:
         features.rule_hits = evaluate_rules(dataset, partitions=partitions)
 
 
+def run_line_join_floor(path: str) -> None:
+    """A floor of the work, not a target: every line joined with its claim's patient and
+    date (the join any line-level feature or rule starts from), over the narrowest columns,
+    collected.  A claim's lines reach its patient's features and rules through this join."""
+    import polars as pl
+
+    claims = pl.scan_parquet(f"{path}/claims/*.parquet").select("claim_id", "patient_id",
+                                                                 "service_date")
+    lines = pl.scan_parquet(f"{path}/claim_lines/*.parquet").select("claim_id", "item_code",
+                                                                     "quantity")
+    assert lines.join(claims, on="claim_id", how="inner").collect().height > 0
+
+
+def run_patient_sort_floor(path: str) -> None:
+    """A floor of the work, not a target: the claims ordered by patient and date (the order
+    refill gaps, readmissions and a card's days are judged in), over the narrowest columns."""
+    import polars as pl
+
+    claims = pl.scan_parquet(f"{path}/claims/*.parquet").select("claim_id", "patient_id",
+                                                                 "service_date")
+    assert claims.sort("patient_id", "service_date").collect().height > 0
+
+
 CASES = {"rules": ("bench_rules", "run_rules"),
          "features_and_rules": ("bench_rules", "run_features_and_rules"),
          # The floor the targets are judged against: one polars group_by over the claims.
-         "groupby_floor": ("bench_features", "run_groupby_floor")}
+         "groupby_floor": ("bench_features", "run_groupby_floor"),
+         # Two steps no implementation of the features can skip, to size the target against.
+         "line_join_floor": ("bench_rules", "run_line_join_floor"),
+         "patient_sort_floor": ("bench_rules", "run_patient_sort_floor")}
 
 
 def main(argv: list[str] | None = None) -> None:
