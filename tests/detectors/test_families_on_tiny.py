@@ -90,7 +90,7 @@ def test_stacked_ensemble_scores_graph_members_out_of_fold(tiny, tiny_dataset, m
     # The stacker's column of the graph member comes from those copies, not the member.
     in_sample = det._ranks(det._member_table(features)[0])
     out_of_fold = det._stacking_ranks(features, labels, [m.score(features) for m in det.members_])
-    graph_column = [i for i, (m, _) in enumerate(det.columns_) if m == 0]
-    assert not np.allclose(in_sample[:, graph_column], out_of_fold[:, graph_column])
-    np.testing.assert_array_equal(in_sample[:, len(graph_column):],
-                                  out_of_fold[:, len(graph_column):])
+    graph_columns = [i for i, (member, _) in enumerate(det.columns_) if member == 0]
+    other_columns = [i for i, (member, _) in enumerate(det.columns_) if member != 0]
+    assert not np.allclose(in_sample[:, graph_columns], out_of_fold[:, graph_columns])
+    np.testing.assert_array_equal(in_sample[:, other_columns], out_of_fold[:, other_columns])
