@@ -38,6 +38,59 @@ def test_resolve_uri_precedence(monkeypatch):
     assert tracking.resolve_uri("sqlite:///x.db") == "sqlite:///x.db"
 
 
+def test_absolute_uri_fixes_a_relative_sqlite_path_only(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.absolute_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.absolute_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert tracking.absolute_uri("http://mlflow.example:5000") == "http://mlflow.example:5000"
+
+
+def test_child_of_a_parent_that_is_not_the_active_run(store):
+    # What a Ray worker does: the parent runs in another process, so it is not active here.
+    client = MlflowClient(store)
+    experiment_id = tracking.ensure_experiment("unit-parent", store)
+    parent = client.create_run(experiment_id, run_name="exp")  # RUNNING, not active here
+    assert mlflow.active_run() is None
+    with tracking.start_run("child", parent=parent.info.run_id, tags={"k": "v"}) as child:
+        child.log_metrics({"claim.all.auprc": 0.5}, prefix="test")
+    got = client.get_run(child.run_id)
+    assert got.info.status == "FINISHED" and got.info.experiment_id == experiment_id
+    assert got.data.tags["mlflow.parentRunId"] == parent.info.run_id and got.data.tags["k"] == "v"
+    assert got.data.metrics == {"test.claim.all.auprc": 0.5}
+    assert client.get_run(parent.info.run_id).info.status == "RUNNING"  # left to its owner
+
+
+def test_a_dataset_row_created_by_a_concurrent_writer_is_linked_on_retry(store, tmp_path,
+                                                                          monkeypatch):
+    # Two processes logging one dataset race in MLflow's get-or-create: the loser's insert
+    # breaks the unique key; the row then exists and logging again links it.
+    from mlflow.exceptions import MlflowException
+
+    real, calls = mlflow.log_input, []
+
+    def racing(dataset, context=None, **kwargs):
+        calls.append(context)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, datasets.name, datasets.digest")
+        return real(dataset, context=context, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    with tracking.start_run("exp", experiment="unit-race", uri=store) as run:
+        run.log_dataset(pl.DataFrame({"table": ["claims"], "rows": [10]}), name="tiny",
+                        source=str(tmp_path), digest="f" * 64, context="train")
+    assert calls == ["train", "train"]
+    inputs = MlflowClient(store).get_run(run.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["tiny"]
+    monkeypatch.setattr(mlflow, "log_input", lambda *a, **k: (_ for _ in ()).throw(
+        MlflowException("RESOURCE_DOES_NOT_EXIST")))
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        with tracking.start_run("exp", experiment="unit-race", uri=store) as run:
+            run.log_dataset(pl.DataFrame({"table": ["claims"], "rows": [10]}), name="tiny",
+                            source=str(tmp_path), digest="f" * 64, context="train")
+
+
 def test_metric_key_sanitises_forbidden_characters():
     assert tracking.metric_key("test", "claim.upcoding.rec@1%") == "test.claim.upcoding.rec_1_"
     assert tracking.metric_key("test", "doctor.collusion_ring.auprc") == "test.doctor.collusion_ring.auprc"

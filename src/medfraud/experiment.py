@@ -15,6 +15,11 @@ without a sweep) it
    claim-level detectors, every entity level (an entity's score is the maximum of its
    test claims' scores), on the test-side ids only;
 6. logs one MLflow child run per detector and sweep point (see :mod:`medfraud.tracking`).
+
+With ``backend="ray"`` the sweep points run side by side as Ray tasks
+(:mod:`medfraud.distributed`): the datasets are found or generated first, in this process,
+then each task runs steps 2-6 of one point and logs its child runs under the same parent.
+A point's results do not depend on the backend.
 """
 
 from __future__ import annotations
@@ -70,8 +75,8 @@ class _Progress:
     def __init__(self, callback: ProgressFn | None, total: int):
         self.callback, self.total, self.done = callback, total, 0
 
-    def step(self, message: str) -> None:
-        self.done += 1
+    def step(self, message: str, steps: int = 1) -> None:
+        self.done += steps
         if self.callback is not None:
             self.callback(message, self.done, self.total)
 
@@ -335,38 +340,75 @@ def _point_label(point: dict[str, Any]) -> str:
 
 
 def run_experiment(config: ExperimentConfig, *, progress: ProgressFn | None = None,
-                   generate: GenerateFn | None = None) -> ExperimentResult:
+                   generate: GenerateFn | None = None, backend: str = "local",
+                   ray_address: str | None = None) -> ExperimentResult:
     """Run every sweep point of ``config`` and track it in MLflow.
 
     Parameters
     ----------
     config : a validated experiment (see :func:`medfraud.config.load_experiment`).
-    progress : ``progress(message, done, total)`` called after each step.
+    progress : ``progress(message, done, total)`` called after each step (with
+        ``backend="ray"``: after each dataset, then once per finished point).
     generate : dataset generator for missing presets (see :func:`ensure_dataset`).
+    backend : ``"local"`` (one point after another in this process) or ``"ray"`` (the
+        points of a sweep as Ray tasks; see :mod:`medfraud.distributed`).
+    ray_address : with ``backend="ray"``: the cluster to connect to (None: start a local
+        one on this machine's cores).
 
     Returns
     -------
     ExperimentResult with the metrics table and the MLflow run ids.
     """
+    from medfraud.distributed import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     points = config.sweep_points()
     if config.dataset.preset is None and not (Path(config.dataset.path) / "manifest.json").is_file():
         # Fail before any MLflow run exists: nothing could be generated anyway.
         raise FileNotFoundError(f"dataset.path {config.dataset.path} is not a dataset folder "
                                 "(no manifest.json)")
-    n_steps = len(points) * (4 + len(config.detectors))
-    bar = _Progress(progress, n_steps)
-    uri = config.tracking.resolved_uri()
+    steps_per_point = 4 + len(config.detectors)
+    bar = _Progress(progress, len(points) * steps_per_point)
+    # Absolute: a Ray worker may run in another folder.
+    uri = tracking.absolute_uri(config.tracking.resolved_uri())
     tables, children = [], {}
     with tracking.start_run(config.name, experiment=config.experiment_name, uri=uri,
                             tags={tracking.TAG_KIND: "experiment",
                                   **tracking.standard_tags(config.seed)}) as parent:
         parent.log_params(config.flat_params())
         parent.log_text(config.to_yaml(), "config/experiment.yaml")
-        for point in points:
-            point_config = config.at_point(point) if point else config
-            label = _point_label(point)
-            table, runs = _run_point(point_config, point, label, bar, generate, parent,
-                                     single=len(points) == 1)
+        point_configs = [config.at_point(point) if point else config for point in points]
+        labels = [_point_label(point) for point in points]
+        if backend == "ray" and len(points) > 1:
+            from medfraud.distributed import init_ray, map_tasks
+
+            # Datasets first, here: points sharing a preset share its folder, which two
+            # tasks must not generate at once.
+            paths = []
+            for point_config, label in zip(point_configs, labels, strict=True):
+                paths.append(ensure_dataset(point_config.dataset, point_config.seed,
+                                            generate).resolve())
+                bar.step(f"dataset {paths[-1].name} [{label}]")
+            init_ray(ray_address)
+            results = map_tasks(
+                _run_point_task,
+                [(point_config, point, label, path, uri, parent.run_id)
+                 for point_config, point, label, path
+                 in zip(point_configs, points, labels, paths, strict=True)],
+                on_done=lambda i: bar.step(f"point {labels[i]} done", steps_per_point - 1))
+        else:
+            results = []
+            for point_config, point, label in zip(point_configs, points, labels, strict=True):
+                path = ensure_dataset(point_config.dataset, point_config.seed, generate)
+                bar.step(f"dataset {path.name}{f' [{label}]' if label else ''}")
+                if len(points) == 1:
+                    parent.set_tags({"dataset.digest": Dataset(path).digest,
+                                     "dataset.path": str(path)})
+                    _log_dataset(parent, Dataset(path))
+                results.append(_run_point(point_config, point, label, bar, path,
+                                          parent.run_id, single=len(points) == 1))
+        for table, runs in results:
             tables.append(table)
             children.update(runs)
         metrics = pl.concat(tables, how="diagonal_relaxed")
@@ -374,6 +416,16 @@ def run_experiment(config: ExperimentConfig, *, progress: ProgressFn | None = No
         if config.tracking.plots and len(points) > 1 and len(points[0]) == 1:
             _log_sweep_plot(parent, metrics, points)
     return ExperimentResult(metrics, parent.run_id, children, config)
+
+
+def _run_point_task(config: ExperimentConfig, point: dict[str, Any], label: str, path: Path,
+                    uri: str, parent_run_id: str) -> tuple[pl.DataFrame, dict[str, str]]:
+    """:func:`_run_point` in a Ray worker: its child runs go to ``uri`` under the parent."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return _run_point(config, point, label, _Progress(None, 0), path, parent_run_id,
+                      single=False)
 
 
 def _log_sweep_plot(parent: tracking.TrackedRun, metrics: pl.DataFrame,
@@ -392,16 +444,14 @@ def _log_sweep_plot(parent: tracking.TrackedRun, metrics: pl.DataFrame,
 
 
 def _run_point(config: ExperimentConfig, point: dict[str, Any], label: str, bar: _Progress,
-               generate: GenerateFn | None, parent: tracking.TrackedRun,
+               path: Path, parent_run_id: str,
                single: bool) -> tuple[pl.DataFrame, dict[str, str]]:
+    """Steps 2-6 of one sweep point on its validated dataset at ``path``; its detectors'
+    runs are children of ``parent_run_id``.  ``single``: the experiment has one point (the
+    dataset is logged on the parent, not on each child)."""
     where = f" [{label}]" if label else ""
-    path = ensure_dataset(config.dataset, config.seed, generate)
     dataset = Dataset(path)
     labels = Labels.from_dataset(dataset)
-    bar.step(f"dataset {path.name}{where}")
-    if single:
-        parent.set_tags({"dataset.digest": dataset.digest, "dataset.path": str(path)})
-        _log_dataset(parent, dataset)
 
     split = make_split(config, dataset, labels)
     train_labels = restrict_labels(labels, split, dataset, "train")
@@ -436,7 +486,7 @@ def _run_point(config: ExperimentConfig, point: dict[str, Any], label: str, bar:
                 "dataset.digest": dataset.digest, **tracking.standard_tags(config.seed)}
         if label:
             tags[tracking.TAG_POINT] = label
-        with tracking.start_run(run_name, nested=True, tags=tags) as child:
+        with tracking.start_run(run_name, parent=parent_run_id, tags=tags) as child:
             child.log_params({f"detector.{k}": v for k, v in
                               _flat(cfg.model_dump(mode="json")).items()})
             child.log_params({f"sweep.{k}": v for k, v in point.items()})

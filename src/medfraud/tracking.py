@@ -34,6 +34,7 @@ import mlflow
 import numpy as np
 import polars as pl
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from medfraud.config import DEFAULT_TRACKING_URI
@@ -51,6 +52,15 @@ _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 def resolve_uri(uri: str | None = None) -> str:
     """Explicit ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (cwd)."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def absolute_uri(uri: str | None = None) -> str:
+    """:func:`resolve_uri` with a relative sqlite database path made absolute (for worker
+    processes, whose working folder may differ)."""
+    uri = resolve_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_absolute():
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
 
 
 def metric_key(*parts: str) -> str:
@@ -158,7 +168,16 @@ class TrackedRun:
             # picks one, which is all we need.
             warnings.filterwarnings("ignore", message="The specified dataset source")
             dataset = mlflow.data.from_polars(frame, source=source, name=name, digest=digest[:36])
-        mlflow.log_input(dataset, context=context)
+        try:
+            mlflow.log_input(dataset, context=context)
+        except MlflowException as exc:
+            # Two processes logging one dataset into an experiment at once (sweep points on
+            # Ray, two runs side by side) race in MLflow's get-or-create of its row: the
+            # loser's insert breaks the store's unique key.  The row exists now, so logging
+            # again only links it to this run.
+            if "unique constraint" not in str(exc).lower():
+                raise
+            mlflow.log_input(dataset, context=context)
 
     def log_state(self, detector: str, state: Any) -> None:
         """Log a detector's ``to_state()`` under ``state/<detector>/``.
@@ -189,7 +208,8 @@ class TrackedRun:
 
 @contextlib.contextmanager
 def start_run(name: str, *, experiment: str | None = None, uri: str | None = None,
-              nested: bool = False, tags: Mapping[str, Any] | None = None) -> Iterator[TrackedRun]:
+              nested: bool = False, parent: str | None = None,
+              tags: Mapping[str, Any] | None = None) -> Iterator[TrackedRun]:
     """Open a run; on an exception tag it with the error, end it FAILED and re-raise.
 
     Parameters
@@ -198,9 +218,14 @@ def start_run(name: str, *, experiment: str | None = None, uri: str | None = Non
     experiment : experiment name (required for a top-level run; children inherit it).
     uri : tracking URI (see :func:`resolve_uri`).
     nested : True for a child of the currently active run.
+    parent : run id of the parent (implies ``nested``): for a child opened in another
+        process than its parent (a Ray worker), where the parent is not the active run.
+        The parent must still be running; when a run is active, it must be that one.
     tags : tags set at creation.
     """
-    if not nested:
+    if parent is not None:
+        experiment_id = MlflowClient().get_run(parent).info.experiment_id
+    elif not nested:
         if experiment is None:
             raise ValueError("a top-level run needs an experiment name")
         experiment_id = ensure_experiment(experiment, uri)
@@ -209,7 +234,8 @@ def start_run(name: str, *, experiment: str | None = None, uri: str | None = Non
         if active is None:
             raise RuntimeError(f"nested run {name!r} needs an active parent run")
         experiment_id = active.info.experiment_id
-    run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=nested,
+    run = mlflow.start_run(run_name=name, experiment_id=experiment_id,
+                           nested=nested or parent is not None, parent_run_id=parent,
                            tags={k: str(v) for k, v in (tags or {}).items()})
     try:
         yield TrackedRun(run)

@@ -1,0 +1,11 @@
+"""Scale-out past one process with Ray (the optional ``ray`` extra: ``pip install medfraud[ray]``).
+
+One process is the default everywhere.  ``medfraud run EXPERIMENT --backend ray`` runs the
+sweep points of an experiment as Ray tasks, each logging its detectors' MLflow runs under
+the one parent run (see :func:`medfraud.experiment.run_experiment`).  Ray is imported only
+when a Ray backend is asked for.
+"""
+
+from medfraud.distributed.ray_backend import BACKENDS, init_ray, map_tasks
+
+__all__ = ["BACKENDS", "init_ray", "map_tasks"]

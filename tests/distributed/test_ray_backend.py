@@ -1,0 +1,107 @@
+"""The Ray backend: an experiment's sweep points as Ray tasks on a local cluster give the
+same metrics and the same MLflow run tree as one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from polars.testing import assert_frame_equal
+
+ray = pytest.importorskip("ray")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from medfraud.distributed import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def _sweep(dataset_path: Path, uri: str, experiment: str):
+    from medfraud.config import load_experiment
+
+    return load_experiment(REPO / "experiments/quickstart.yaml", [
+        "dataset.preset=tiny", f"dataset.path={dataset_path}", f"tracking.uri={uri}",
+        f"tracking.experiment={experiment}", "features.levels=[claim, doctor]",
+        "detectors={rules: {family: rules}, lightgbm: {family: lightgbm, level: claim, "
+        "params: {n_estimators: 40, num_threads: 1}}}",
+        "sweep={detectors.rules.params.base: [0.5, 2.0]}"])
+
+
+def _children(uri: str, parent_run_id: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return parent, {r.info.run_name: r for r in runs}
+
+
+def test_sweep_points_as_ray_tasks_match_one_process(local_ray, tiny_dataset_path, tmp_path,
+                                                     monkeypatch):
+    from medfraud.experiment import run_experiment
+
+    # Relative, as the default sqlite:///mlflow.db is: the workers must still find it.
+    monkeypatch.chdir(tmp_path)
+    results, trees = {}, {}
+    for backend in ("local", "ray"):
+        uri = f"sqlite:///{backend}.db"
+        steps = []
+        results[backend] = run_experiment(
+            _sweep(tiny_dataset_path, uri, "sweep"), backend=backend,
+            progress=lambda msg, done, total: steps.append((done, total)))
+        assert steps[-1] == (2 * 6, 2 * 6)  # 4 steps + 2 detectors, per point
+        trees[backend] = _children(uri, results[backend].parent_run_id)
+    local, distributed = results["local"], results["ray"]
+    order = ["point", "detector", "level", "typology"]
+    assert_frame_equal(local.metrics.sort(order), distributed.metrics.sort(order))
+    assert set(local.child_run_ids) == set(distributed.child_run_ids) == {
+        "rules[base=0.5]", "rules[base=2.0]", "lightgbm[base=0.5]", "lightgbm[base=2.0]"}
+    (_, local_runs), (ray_parent, ray_runs) = trees["local"], trees["ray"]
+    assert ray_parent.info.status == "FINISHED"
+    assert set(ray_runs) == set(local_runs) == set(distributed.child_run_ids)
+    for name, run in ray_runs.items():
+        assert run.info.status == "FINISHED"
+        assert run.info.run_id == distributed.child_run_ids[name]
+        assert run.data.metrics == local_runs[name].data.metrics
+        assert run.data.params == local_runs[name].data.params
+
+
+def test_a_failing_point_fails_the_run_with_the_tasks_exception(local_ray, tiny_dataset_path,
+                                                                tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from medfraud.experiment import run_experiment
+
+    uri = f"sqlite:///{tmp_path / 'fail.db'}"
+    config = _sweep(tiny_dataset_path, uri, "failing")
+    # A LightGBM parameter it rejects at fit time, in a worker.
+    config.detectors["lightgbm"].params["lgb_params"] = {"num_leaves": -3}
+    from lightgbm.basic import LightGBMError
+
+    # Raised as the worker raised it (callers catch DataError, LightGBMError... as usual).
+    with pytest.raises(LightGBMError, match="num_leaves"):
+        run_experiment(config, backend="ray")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("medfraud.kind") == "experiment"]
+    assert [r.info.status for r in parent] == ["FAILED"]
+
+
+def test_unknown_backend_is_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from medfraud.cli import app
+    from medfraud.experiment import run_experiment
+
+    with pytest.raises(ValueError, match="backend must be one of"):
+        run_experiment(_sweep(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", "x"), backend="spark")
+    out = CliRunner().invoke(app, ["run", str(REPO / "experiments/quickstart.yaml"),
+                                   "--backend", "spark"])
+    assert out.exit_code == 2 and "--backend must be one of local, ray" in out.output
