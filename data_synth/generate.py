@@ -7,6 +7,7 @@ memory depends on ``shard_claims``, not on the dataset size.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,14 +56,21 @@ def plan_world(config: SynthConfig) -> World:
 
 
 def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> Path:
+             progress: Callable[[int, int], None] | None = None, backend: str = "local",
+             ray_address: str | None = None) -> Path:
     """Generate a dataset for ``config`` into ``out`` atomically and return ``out``.
 
-    Shards run as a two-stage pipeline: the calling thread simulates shard ``k + 1`` while
-    one background thread turns shard ``k`` into contract tables and writes them (numpy
-    and polars release the GIL for most of that work).  At most two shards are alive at
-    once, and every Parquet part is written by that single thread in a fixed order, so the
-    output, and the digest, do not depend on thread timing.
+    Locally, shards run as a two-stage pipeline: the calling thread simulates shard
+    ``k + 1`` while one background thread turns shard ``k`` into contract tables and
+    writes them (numpy and polars release the GIL for most of that work).  At most two
+    shards are alive at once, and every Parquet part is written by that single thread in
+    a fixed order, so the output, and the digest, do not depend on thread timing.
+
+    With ``backend="ray"`` each shard is simulated and turned into tables by a Ray task
+    (the world is shipped once); this process writes the shards' tables in shard order as
+    they arrive, with at most the cluster's CPUs + 1 shards in flight.  Every shard draws
+    from its own seeded streams and reads the world only, so the dataset is byte-identical
+    to the local one (same digest).
 
     Parameters
     ----------
@@ -70,31 +78,48 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False,
     out : destination folder; must be absent or empty unless ``overwrite``.
     overwrite : replace an existing dataset.
     progress : called as ``progress(done_shards, total_shards)`` after each shard.
+    backend : ``"local"`` or ``"ray"`` (see :mod:`medfraud.distributed`).
+    ray_address : with ``backend="ray"``, the cluster to join (None: a local one).
 
     Raises
     ------
     FileExistsError if ``out`` is non-empty and ``overwrite`` is False.
     """
+    from medfraud.distributed import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     world = plan_world(config)
     layout = shard_layout(config)
     total_steps = len(layout) + 1
     spend = {"doctor": np.zeros(world.n_doctors), "pharmacy": np.zeros(world.n_pharmacies)}
     with DatasetWriter(out, overwrite=overwrite) as writer, ThreadPoolExecutor(1) as background:
         world_written = background.submit(_write_world, writer, world)
-        pending: Future | None = None
-        for index, (first, count) in enumerate(layout):          # loop over shards
-            shard = make_shard(world, index, first, count)
-            generate_normal(shard)
-            for k, (name, module) in enumerate(MODULES.items()):  # loop over typologies
-                module.inject(shard, config.typologies[name], shard.rng(STREAM_TYPOLOGY_BASE + k))
-            # Wait for the previous shard before queueing this one: bounds memory to two shards.
-            if pending is None:
-                _wait(world_written, progress, 1, total_steps)
-            else:
-                _wait(pending, progress, index + 1, total_steps)
-            pending = background.submit(_finish_shard, writer, shard, spend)
-            del shard
-        _wait(pending, progress, total_steps, total_steps)
+        if backend == "ray":
+            from medfraud.distributed import imap_tasks, init_ray
+
+            init_ray(ray_address)
+            outputs = imap_tasks(_shard_task, [(index, first, count) for index, (first, count)
+                                               in enumerate(layout)], shared=(world,))
+            _wait(world_written, progress, 1, total_steps)
+            for index, (output, hits) in enumerate(outputs):
+                _write_shard(writer, output, spend)
+                _merge_hits(world, hits)
+                if progress:
+                    progress(index + 2, total_steps)
+        else:
+            pending: Future | None = None
+            for index, (first, count) in enumerate(layout):          # loop over shards
+                shard = _simulate_shard(world, index, first, count)
+                # Wait for the previous shard before queueing this one: bounds memory to
+                # two shards.
+                if pending is None:
+                    _wait(world_written, progress, 1, total_steps)
+                else:
+                    _wait(pending, progress, index + 1, total_steps)
+                pending = background.submit(_finish_shard, writer, shard, spend)
+                del shard
+            _wait(pending, progress, total_steps, total_steps)
         world_labels = [f for name, module in MODULES.items()
                         if (f := module.world_entities(world, config.typologies[name])) is not None]
         world_frame = (pl.concat([f.cast({"ring_id": pl.String}) for f in world_labels]) if world_labels
@@ -128,25 +153,73 @@ def _write_world(writer: DatasetWriter, world) -> None:
                                opening_exclusions(world)))
 
 
+def _simulate_shard(world: World, index: int, first: int, count: int):
+    """Shard ``index`` (patients ``first … first + count - 1``): honest care, then every
+    typology injected from its own seeded stream."""
+    shard = make_shard(world, index, first, count)
+    generate_normal(shard)
+    for k, (name, module) in enumerate(MODULES.items()):  # loop over typologies
+        module.inject(shard, world.config.typologies[name], shard.rng(STREAM_TYPOLOGY_BASE + k))
+    return shard
+
+
+def _shard_output(shard) -> tuple[list[tuple[str, pl.DataFrame]], np.ndarray, np.ndarray]:
+    """One simulated shard as (table name, frame) pairs in write order, and its doctor and
+    pharmacy spend (yuan, one entry per world doctor / pharmacy)."""
+    world = shard.world
+    tables = shard_tables(shard)
+    internal = tables.pop("_claims_internal")
+    labels = tables.pop("_labels_internal")
+    audited = pl.concat([claim_audits(shard, internal, labels),
+                         _patient_audits(shard, internal, tables)])
+    doctor = np.bincount(internal["doc"].to_numpy(), internal["total"].to_numpy(),
+                         minlength=world.n_doctors)
+    ph = internal.filter(pl.col("ph") >= 0)
+    pharmacy = np.bincount(ph["ph"].to_numpy(), ph["total"].to_numpy(),
+                           minlength=world.n_pharmacies)
+    return [*tables.items(), ("audited", audited)], doctor, pharmacy
+
+
+def _shard_task(world: World, index: int, first: int, count: int):
+    """The unit of work of a Ray task: :func:`_shard_output` of a freshly simulated shard,
+    plus the shard's hits (``world.extra[name]["hit"]``, see :mod:`data_synth.typologies`).
+
+    The world arrives read-only (Ray's object store): each ``hit`` array is replaced by a
+    zeroed writable one, and a shard writing anything else of the world fails loudly.
+    """
+    extra = {name: ({**state, "hit": np.zeros_like(state["hit"])}
+                    if isinstance(state, dict) and "hit" in state else state)
+             for name, state in world.extra.items()}
+    own = dataclasses.replace(world, extra=extra)
+    output = _shard_output(_simulate_shard(own, index, first, count))
+    hits = {name: state["hit"] for name, state in extra.items()
+            if isinstance(state, dict) and "hit" in state}
+    return output, hits
+
+
+def _merge_hits(world: World, hits: dict[str, np.ndarray]) -> None:
+    """OR a shard's hits (from :func:`_shard_task`) into this process's world."""
+    for name, hit in hits.items():
+        world.extra[name]["hit"] |= hit
+
+
+def _write_shard(writer: DatasetWriter, output, spend: dict[str, np.ndarray]) -> None:
+    """Write a shard's tables (from :func:`_shard_output`) and add its spend; shards must
+    come in shard order (parts and floating-point sums then follow one fixed order)."""
+    tables, doctor, pharmacy = output
+    for table, frame in tables:
+        writer.write(table, frame)
+    spend["doctor"] += doctor
+    spend["pharmacy"] += pharmacy
+
+
 def _finish_shard(writer: DatasetWriter, shard, spend: dict[str, np.ndarray]) -> None:
     """Convert one simulated shard to contract tables, write them and add its spend.
 
     Runs on the background thread; ``spend`` (doctor and pharmacy totals, yuan) is only
     touched here until the main thread has waited for the last shard.
     """
-    world = shard.world
-    tables = shard_tables(shard)
-    internal = tables.pop("_claims_internal")
-    labels = tables.pop("_labels_internal")
-    for table, frame in tables.items():
-        writer.write(table, frame)
-    writer.write("audited", pl.concat([claim_audits(shard, internal, labels),
-                                       _patient_audits(shard, internal, tables)]))
-    spend["doctor"] += np.bincount(internal["doc"].to_numpy(), internal["total"].to_numpy(),
-                                   minlength=world.n_doctors)
-    ph = internal.filter(pl.col("ph") >= 0)
-    spend["pharmacy"] += np.bincount(ph["ph"].to_numpy(), ph["total"].to_numpy(),
-                                     minlength=world.n_pharmacies)
+    _write_shard(writer, _shard_output(shard), spend)
 
 
 def _camouflage_of(world, typology: pl.Series) -> np.ndarray:

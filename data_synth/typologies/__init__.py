@@ -9,6 +9,9 @@ Every module exposes ``inject`` and ``world_entities``, a ``DEFAULT_PARAMS`` dic
 ``inject(shard, cfg, rng)``
     add or alter claims of one shard and label them (``shard.label`` /
     ``shard.label_entities``), aiming at ``cfg.prevalence × honest claims`` labelled claims.
+    It reads the world and writes nothing to it but ``world.extra[NAME]["hit"]`` (a Boolean
+    array: which planned entities this shard made fraudulent; shards OR into it), so shards
+    can be simulated apart and their hits merged (``data_synth.generate(backend="ray")``).
 ``world_entities(world, cfg)``
     entity labels for world-level entities that committed fraud (a polars frame or None).
 """

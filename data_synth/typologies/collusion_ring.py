@@ -27,7 +27,7 @@ def plan(world, cfg, rng) -> None:
     n_rings = int(p["rings"]) or max(2, round(world.n_doctors / 300))
     rings = []
     if cfg.prevalence <= 0:
-        world.extra[NAME] = rings
+        world.extra[NAME] = {"rings": rings, "hit": np.zeros(0, bool)}
         return
     used = np.zeros(world.n_doctors, bool)
     for r in range(n_rings):                                   # loop over rings
@@ -47,11 +47,13 @@ def plan(world, cfg, rng) -> None:
         drugs = rng.choice(world.expensive_drugs, size=min(3, len(world.expensive_drugs)), replace=False)
         rings.append({"id": f"RING{r + 1:04d}", "region": region, "doctors": docs,
                       "pharmacy": pharmacy, "sessions": sessions, "drugs": drugs})
-    world.extra[NAME] = rings
+    # hit[r]: some shard gave ring r claims (only active rings' entities are labelled).
+    world.extra[NAME] = {"rings": rings, "hit": np.zeros(len(rings), bool)}
 
 
 def inject(shard, cfg, rng) -> None:
-    rings = shard.world.extra.get(NAME, [])
+    state = shard.world.extra.get(NAME, {"rings": []})
+    rings = state["rings"]
     target = shard.target_count(cfg.prevalence)
     if not rings or target < 2:
         return
@@ -78,7 +80,7 @@ def inject(shard, cfg, rng) -> None:
         day = shard.on_duty_day(doc, day + jitter)
         ok = day >= 0
         parts.append((np.full(ok.sum(), r), local[ok], doc[ok], day[ok]))
-        ring.setdefault("active", True)
+        state["hit"][r] = True
     if not parts:
         return
     ring_of, local, doc, day = (np.concatenate(a) for a in zip(*parts))
@@ -104,8 +106,9 @@ def inject(shard, cfg, rng) -> None:
 
 def world_entities(world, cfg) -> pl.DataFrame | None:
     rows = []
-    for ring in world.extra.get(NAME, []):
-        if not ring.get("active"):
+    state = world.extra.get(NAME, {"rings": [], "hit": []})
+    for ring, hit in zip(state["rings"], state["hit"], strict=True):
+        if not hit:
             continue
         rows.append(pl.DataFrame({"entity_type": "doctor", "entity_id": world.doctor_ids.gather(ring["doctors"]),
                                   "typology": NAME, "ring_id": ring["id"]}))

@@ -2,10 +2,11 @@
 
 One process is the default everywhere.  ``medfraud run EXPERIMENT --backend ray`` runs the
 sweep points of an experiment as Ray tasks, each logging its detectors' MLflow runs under
-the one parent run (see :func:`medfraud.experiment.run_experiment`).  Ray is imported only
-when a Ray backend is asked for.
+the one parent run (see :func:`medfraud.experiment.run_experiment`);
+``medfraud generate --backend ray`` simulates the generator's shards as Ray tasks (see
+:func:`data_synth.generate`).  Ray is imported only when a Ray backend is asked for.
 """
 
-from medfraud.distributed.ray_backend import BACKENDS, init_ray, map_tasks
+from medfraud.distributed.ray_backend import BACKENDS, imap_tasks, init_ray, map_tasks
 
-__all__ = ["BACKENDS", "init_ray", "map_tasks"]
+__all__ = ["BACKENDS", "imap_tasks", "init_ray", "map_tasks"]

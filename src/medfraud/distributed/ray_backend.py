@@ -8,7 +8,7 @@ exception the task raised (so callers handle a worker's ``DataError`` like a loc
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 BACKENDS = ("local", "ray")
@@ -39,6 +39,45 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+
+
+def _raise_cause(ray, exc, pending) -> None:
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    raise exc.as_instanceof_cause() from None
+
+
+def imap_tasks(function: Callable[..., Any], arguments: Sequence[tuple], *,
+               shared: tuple = (), in_flight: int | None = None,
+               cpus_per_task: float = 1.0) -> Iterator[Any]:
+    """``function(*shared, *args)`` for each ``args`` of ``arguments``, as Ray tasks, yielded in
+    the order of ``arguments`` with at most ``in_flight`` tasks submitted and not yet
+    consumed (default: the cluster's CPUs + 1), so results larger than memory in total
+    stream through.
+
+    ``shared`` objects are put in Ray's object store once and handed to every task (a large
+    read-only input, such as the generator's world).  A failed task raises its exception
+    (an instance of its original class) and cancels the others.
+    """
+    ray = _ray()
+    if not ray.is_initialized():
+        init_ray()
+    if in_flight is None:
+        in_flight = int(ray.cluster_resources().get("CPU", 1)) + 1
+    remote = ray.remote(num_cpus=cpus_per_task, max_retries=0)(function)
+    shared_refs = [ray.put(value) for value in shared]
+    queue: list = []
+    submitted = 0
+    for _ in range(len(arguments)):
+        while submitted < len(arguments) and len(queue) < in_flight:
+            queue.append(remote.remote(*shared_refs, *arguments[submitted]))
+            submitted += 1
+        head = queue.pop(0)
+        try:
+            result = ray.get(head)
+        except ray.exceptions.RayTaskError as exc:
+            _raise_cause(ray, exc, queue)
+        yield result
 
 
 def map_tasks(function: Callable[..., Any], arguments: Sequence[tuple], *,
@@ -76,9 +115,7 @@ def map_tasks(function: Callable[..., Any], arguments: Sequence[tuple], *,
         try:
             results[index[finished]] = ray.get(finished)
         except ray.exceptions.RayTaskError as exc:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise exc.as_instanceof_cause() from None
+            _raise_cause(ray, exc, pending)
         if on_done is not None:
             on_done(index[finished])
     return [results[i] for i in range(len(refs))]
