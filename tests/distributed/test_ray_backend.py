@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
@@ -133,3 +134,45 @@ def test_generation_on_ray_writes_the_same_bytes(local_ray, tiny_dataset, tmp_pa
                                    "--backend", "ray", "--seed", str(tiny_dataset.manifest["seed"])])
     assert out.exit_code == 0, out.output
     assert Dataset(tmp_path / "cli").digest == tiny_dataset.digest
+
+
+def test_batch_scoring_on_ray_writes_the_same_scores_and_rejects(local_ray, pipeline, exported,
+                                                                 tmp_path):
+    """Chunks checked here and scored by Ray tasks: the output and the rejects are those of
+    one process, bad rows, a non-contiguous claim and chunk boundaries included."""
+    from medfraud.export.inputs import rows_from_frames
+    from medfraud.serve.batch import score_file
+    from tests.export.factory import holdout_frames
+
+    rows = rows_from_frames(*holdout_frames(exported["dataset"]))
+    first = rows["claim_id"][0]
+    rows = pl.concat([  # a bad quantity, and the first claim's rows again at the end
+        rows.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(-1.0)
+                          .otherwise(pl.col("quantity")).alias("quantity")),
+        rows.filter(pl.col("claim_id") == first).with_columns(
+            (pl.col("line_no") + 100).cast(pl.Int32))])
+    src = tmp_path / "in.parquet"
+    rows.write_parquet(src, row_group_size=120)
+    reports = {}
+    for backend in ("local", "ray"):
+        reports[backend] = score_file(pipeline, src, tmp_path / f"{backend}.parquet",
+                                      chunk_size=250, max_bad_share=0.2, backend=backend)
+    local, distributed = reports["local"], reports["ray"]
+    assert (distributed.rows, distributed.claims, distributed.bad_rows) == \
+        (local.rows, local.claims, local.bad_rows)
+    assert local.bad_rows >= 2 and rows.height > 3 * 250  # several chunks in flight
+    assert_frame_equal(pl.read_parquet(tmp_path / "ray.parquet"),
+                       pl.read_parquet(tmp_path / "local.parquet"))
+    assert_frame_equal(pl.read_csv(tmp_path / "ray.parquet.rejects.csv"),
+                       pl.read_csv(tmp_path / "local.parquet.rejects.csv"))
+    from typer.testing import CliRunner
+
+    from medfraud.cli import app
+
+    out = CliRunner().invoke(app, ["score", "--model", str(exported["model_dir"]), "--input",
+                                   str(src), "--output", str(tmp_path / "cli.parquet"),
+                                   "--chunk-size", "250", "--max-bad-share", "0.2",
+                                   "--backend", "ray"])
+    assert out.exit_code == 0, out.output
+    assert_frame_equal(pl.read_parquet(tmp_path / "cli.parquet"),
+                       pl.read_parquet(tmp_path / "local.parquet"))

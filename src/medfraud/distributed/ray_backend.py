@@ -8,7 +8,8 @@ exception the task raised (so callers handle a worker's ``DataError`` like a loc
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 BACKENDS = ("local", "ray")
@@ -47,17 +48,17 @@ def _raise_cause(ray, exc, pending) -> None:
     raise exc.as_instanceof_cause() from None
 
 
-def imap_tasks(function: Callable[..., Any], arguments: Sequence[tuple], *,
+def imap_tasks(function: Callable[..., Any], arguments: Iterable[tuple], *,
                shared: tuple = (), in_flight: int | None = None,
                cpus_per_task: float = 1.0) -> Iterator[Any]:
     """``function(*shared, *args)`` for each ``args`` of ``arguments``, as Ray tasks, yielded in
-    the order of ``arguments`` with at most ``in_flight`` tasks submitted and not yet
-    consumed (default: the cluster's CPUs + 1), so results larger than memory in total
-    stream through.
+    the order of ``arguments``.  ``arguments`` is consumed lazily: at most ``in_flight``
+    tasks (default: the cluster's CPUs + 1) are submitted and not yet yielded, so inputs
+    and results larger than memory in total stream through.
 
     ``shared`` objects are put in Ray's object store once and handed to every task (a large
-    read-only input, such as the generator's world).  A failed task raises its exception
-    (an instance of its original class) and cancels the others.
+    read-only input, such as the generator's world or a scoring pipeline).  A failed task
+    raises its exception (an instance of its original class) and cancels the others.
     """
     ray = _ray()
     if not ray.is_initialized():
@@ -66,13 +67,19 @@ def imap_tasks(function: Callable[..., Any], arguments: Sequence[tuple], *,
         in_flight = int(ray.cluster_resources().get("CPU", 1)) + 1
     remote = ray.remote(num_cpus=cpus_per_task, max_retries=0)(function)
     shared_refs = [ray.put(value) for value in shared]
-    queue: list = []
-    submitted = 0
-    for _ in range(len(arguments)):
-        while submitted < len(arguments) and len(queue) < in_flight:
-            queue.append(remote.remote(*shared_refs, *arguments[submitted]))
-            submitted += 1
-        head = queue.pop(0)
+    pending = iter(arguments)
+    queue: deque = deque()
+    exhausted = False
+    while True:
+        while not exhausted and len(queue) < in_flight:
+            args = next(pending, None)
+            if args is None:
+                exhausted = True
+            else:
+                queue.append(remote.remote(*shared_refs, *args))
+        if not queue:
+            return
+        head = queue.popleft()
         try:
             result = ray.get(head)
         except ray.exceptions.RayTaskError as exc:

@@ -13,6 +13,9 @@ id, column and reason, to ``<output>.rejects.csv``; nothing is dropped silently.
 output (claim_id, risk, band, reasons; CSV joins the reasons with "; ") is written to a
 temporary file and renamed into place only when the share of bad rows is at most
 ``max_bad_share``; otherwise :class:`TooManyBadRows` is raised and no output exists.
+
+With ``backend="ray"`` the chunks are read, checked and written here as above, and scored
+by Ray tasks (:func:`medfraud.distributed.imap_tasks`), in order: the same output.
 """
 
 from __future__ import annotations
@@ -173,8 +176,64 @@ def claim_chunks(batches: Iterator[pl.DataFrame]) -> Iterator[tuple[int, pl.Data
         yield first_row, carry
 
 
+def _checked_chunks(pipeline, input_path: Path, chunk_size: int
+                    ) -> Iterator[tuple[int, pl.DataFrame, object]]:
+    """(input rows, rejected-row problems, checked batch) of each claim-whole chunk.
+
+    A claim id already scored in an earlier chunk is rejected here, before its chunk is
+    scored (the rows of one claim must be contiguous).
+    """
+    seen = pl.Series("claim_id", [], dtype=pl.String)
+    seen_max = ""  # the largest id in `seen`
+    for first_row, chunk in claim_chunks(iter_batches(input_path, chunk_size)):
+        batch = pipeline.check(chunk, first_row=first_row)
+        problems = batch.problems
+        # Ids all above those scored so far (always so in a file sorted by claim id)
+        # cannot repeat one: skip hashing every id seen.
+        if seen.len() and batch.claims.height and batch.claims["claim_id"].min() <= seen_max:
+            repeated = batch.claims.filter(pl.col("claim_id").is_in(seen.implode()))
+            if repeated.height:
+                problems, batch = _reject_repeated(chunk, first_row, repeated, problems, batch)
+        if batch.claims.height:
+            ids = batch.claims["claim_id"].cast(pl.String)
+            seen = pl.concat([seen, ids])
+            seen_max = max(seen_max, ids.max())
+        yield chunk.height, problems, batch
+
+
+def _score_batch(pipeline, claims: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame | None:
+    """Scores of one checked batch (None when it holds no valid claim); a Ray task's unit."""
+    return pipeline.score(claims, lines, validate=False) if claims.height else None
+
+
+def _scored(pipeline, checked: Iterator[tuple[int, pl.DataFrame, object]], backend: str,
+            ray_address: str | None) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame | None]]:
+    """(input rows, problems, scores or None) of each checked chunk, in input order."""
+    if backend == "local":
+        for rows, problems, batch in checked:
+            yield rows, problems, _score_batch(pipeline, batch.claims, batch.lines)
+        return
+    from collections import deque
+
+    from medfraud.distributed import imap_tasks, init_ray
+
+    init_ray(ray_address)
+    # The chunks' rows and problems wait here, in order, for their scores.
+    waiting: deque = deque()
+
+    def arguments():
+        for rows, problems, batch in checked:
+            waiting.append((rows, problems))
+            yield batch.claims, batch.lines
+
+    for scores in imap_tasks(_score_batch, arguments(), shared=(pipeline,)):
+        rows, problems = waiting.popleft()
+        yield rows, problems, scores
+
+
 def score_file(pipeline, input_path: str | Path, output_path: str | Path, *, chunk_size: int = 200_000,
-               max_bad_share: float = 0.01, progress: ProgressFn | None = None) -> BatchReport:
+               max_bad_share: float = 0.01, progress: ProgressFn | None = None,
+               backend: str = "local", ray_address: str | None = None) -> BatchReport:
     """Score a batch file with a :class:`~medfraud.export.pipeline.ScoringPipeline`.
 
     Parameters
@@ -185,6 +244,10 @@ def score_file(pipeline, input_path: str | Path, output_path: str | Path, *, chu
     chunk_size : rows per chunk (memory bound; also the context in which claims see each other).
     max_bad_share : largest tolerated share of rejected rows, in [0, 1].
     progress : called with (rows done, total rows or None) after each chunk.
+    backend : ``"local"``, or ``"ray"``: this process reads and checks the chunks and writes
+        the output; Ray tasks score them (the pipeline shipped once), at most the cluster's
+        CPUs + 1 chunks in flight.  The output is the same.
+    ray_address : with ``backend="ray"``, the cluster to join (None: a local one).
 
     Returns
     -------
@@ -197,7 +260,11 @@ def score_file(pipeline, input_path: str | Path, output_path: str | Path, *, chu
     """
     import time
 
+    from medfraud.distributed import BACKENDS
+
     start = time.perf_counter()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise FileNotFoundError(f"input file {input_path} does not exist")
@@ -212,23 +279,11 @@ def score_file(pipeline, input_path: str | Path, output_path: str | Path, *, chu
     tmp_rejects = rejects_path.with_name(f".{rejects_path.name}.tmp-{uuid.uuid4().hex[:8]}")
     total = total_rows(input_path)
     rows = claims = bad = 0
-    seen = pl.Series("claim_id", [], dtype=pl.String)
-    seen_max = ""  # the largest id in `seen`
     writer = rejects_fh = None
     try:
-        for first_row, chunk in claim_chunks(iter_batches(input_path, chunk_size)):
-            batch = pipeline.check(chunk, first_row=first_row)
-            problems = batch.problems
-            # Ids all above those scored so far (always so in a file sorted by claim id)
-            # cannot repeat one: skip hashing every id seen.
-            if seen.len() and batch.claims.height and batch.claims["claim_id"].min() <= seen_max:
-                repeated = batch.claims.filter(pl.col("claim_id").is_in(seen.implode()))
-                if repeated.height:
-                    problems, batch = _reject_repeated(chunk, first_row, repeated, problems, batch)
-            if batch.claims.height:
-                scores = pipeline.score(batch.claims, batch.lines, validate=False)
-                seen = pl.concat([seen, scores["claim_id"]])
-                seen_max = max(seen_max, scores["claim_id"].max())
+        checked = _checked_chunks(pipeline, input_path, chunk_size)
+        for chunk_rows, problems, scores in _scored(pipeline, checked, backend, ray_address):
+            if scores is not None:
                 writer = _write_scores(writer, tmp_out, out_format, scores)
                 claims += scores.height
             if problems.height:
@@ -237,7 +292,7 @@ def score_file(pipeline, input_path: str | Path, output_path: str | Path, *, chu
                     rejects_fh.write("row,claim_id,column,reason\n")
                 problems.write_csv(rejects_fh, include_header=False)
                 bad += problems["row"].drop_nulls().n_unique()
-            rows += chunk.height
+            rows += chunk_rows
             if progress:
                 progress(rows, total)
         if writer is None:  # no valid claim at all: still write an empty, typed output
