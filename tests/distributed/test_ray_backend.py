@@ -104,8 +104,8 @@ def test_unknown_backend_is_refused(tmp_path):
     with pytest.raises(ValueError, match="backend must be one of"):
         run_experiment(_sweep(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", "x"), backend="spark")
     out = CliRunner().invoke(app, ["run", str(REPO / "experiments/quickstart.yaml"),
-                                   "--backend", "spark"])
-    assert out.exit_code == 2 and "--backend must be one of local, ray" in out.output
+                                   "--backend", "spark"], env={"COLUMNS": "200"})
+    assert out.exit_code == 2 and "'spark' is not one of 'local', 'ray'" in out.output
 
 
 def test_generation_on_ray_writes_the_same_bytes(local_ray, tiny_dataset, tmp_path):

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from medfraud.commands import Backend, backend_option, ray_address_option
+
 
 def command(
     preset: str = typer.Option("tiny", "--preset", help="preset name in configs/synth/ or a YAML path"),
@@ -15,21 +17,13 @@ def command(
     claims: int | None = typer.Option(None, "--claims", help="scale populations to about N claims"),
     set_: list[str] = typer.Option([], "--set", help="override, dotted.path=value (repeatable)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out"),
-    backend: str = typer.Option("local", "--backend", help="local: one process; ray: shards as "
-                                "Ray tasks (same bytes; needs medfraud[ray])"),
-    ray_address: str = typer.Option(None, "--ray-address", help="with --backend ray: the cluster "
-                                    "to join (e.g. auto); default: a local one on this machine"),
+    backend: Backend = backend_option("shards as Ray tasks, same bytes"),
+    ray_address: str = ray_address_option(),
 ) -> None:
     import data_synth
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from medfraud.distributed import BACKENDS
-
     console = Console(stderr=True)
-    if backend not in BACKENDS:
-        console.print(f"[red]error:[/red] --backend must be one of {', '.join(BACKENDS)}, "
-                      f"got {backend!r}", highlight=False)
-        raise typer.Exit(2)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         console.print(f"[red]error:[/red] {out} exists and is not empty; pass --overwrite to replace it",
                       highlight=False)
@@ -45,7 +39,7 @@ def command(
     with Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total} shards"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("generate", total=None)
-        path = data_synth.generate(config, out, overwrite=overwrite, backend=backend,
+        path = data_synth.generate(config, out, overwrite=overwrite, backend=backend.value,
                                    ray_address=ray_address,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
     from medfraud.dataset import Dataset

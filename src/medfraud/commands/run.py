@@ -8,6 +8,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from medfraud.commands import Backend, backend_option, ray_address_option
+
 
 def synth_generator(dataset: Any, seed: int, out: Path) -> Path:
     """Generate a missing preset dataset with ``data_synth`` (imported lazily, CLI only).
@@ -68,23 +70,17 @@ def command(
     experiment: Path = typer.Argument(..., help="experiment YAML (e.g. experiments/quickstart.yaml)"),
     overrides: list[str] = typer.Option([], "--set", help="dotted override key=value (repeatable), "
                                         "e.g. --set dataset.preset=tiny"),
-    backend: str = typer.Option("local", "--backend", help="local: sweep points one after another "
-                                "in this process; ray: as Ray tasks (needs medfraud[ray])"),
-    ray_address: str = typer.Option(None, "--ray-address", help="with --backend ray: the cluster "
-                                    "to join (e.g. auto); default: a local one on this machine"),
+    backend: Backend = backend_option("a sweep's points as Ray tasks"),
+    ray_address: str = ray_address_option(),
 ) -> None:
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from medfraud.config import ConfigError, load_experiment
-    from medfraud.distributed import BACKENDS
     from medfraud.experiment import run_experiment
     from medfraud.schema import DataError
 
     err = Console(stderr=True)
-    if backend not in BACKENDS:
-        err.print(f"[red]--backend must be one of {', '.join(BACKENDS)}[/red], got {escape(backend)!r}")
-        raise typer.Exit(2)
     try:
         config = load_experiment(experiment, overrides)
     except ConfigError as exc:
@@ -100,7 +96,7 @@ def command(
 
         try:
             result = run_experiment(config, progress=report, generate=synth_generator,
-                                    backend=backend, ray_address=ray_address)
+                                    backend=backend.value, ray_address=ray_address)
         except (DataError, FileNotFoundError) as exc:
             # Bad or missing data is the user's to fix: say what and where, no traceback.
             progress.stop()

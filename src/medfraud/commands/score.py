@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from medfraud.commands import Backend, backend_option, ray_address_option
+
 
 def command(
     model: str = typer.Option(..., "--model", help="model folder (models/NAME) or MLflow URI "
@@ -17,10 +19,8 @@ def command(
     chunk_size: int = typer.Option(200_000, "--chunk-size", min=1, help="rows per chunk"),
     max_bad_share: float = typer.Option(0.01, "--max-bad-share", min=0.0, max=1.0,
                                         help="fail (exit 1, no output) above this share of bad rows"),
-    backend: str = typer.Option("local", "--backend", help="local: one process; ray: chunks scored "
-                                "by Ray tasks (same output; needs medfraud[ray])"),
-    ray_address: str = typer.Option(None, "--ray-address", help="with --backend ray: the cluster "
-                                    "to join (e.g. auto); default: a local one on this machine"),
+    backend: Backend = backend_option("chunks scored by Ray tasks, same output"),
+    ray_address: str = ray_address_option(),
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -28,13 +28,7 @@ def command(
     from medfraud.export.model_io import load_pipeline
     from medfraud.serve.batch import TooManyBadRows, score_file, total_rows
 
-    from medfraud.distributed import BACKENDS
-
     err = Console(stderr=True)
-    if backend not in BACKENDS:
-        err.print(f"[red]error:[/red] --backend must be one of {', '.join(BACKENDS)}, got "
-                  f"{backend!r}", highlight=False)
-        raise typer.Exit(2)
     try:
         pipeline, info = load_pipeline(model)
         total = total_rows(input) if input.is_file() else None
@@ -47,7 +41,7 @@ def command(
         task = bar.add_task("score", total=total)
         try:
             report = score_file(pipeline, input, output, chunk_size=chunk_size,
-                                max_bad_share=max_bad_share, backend=backend,
+                                max_bad_share=max_bad_share, backend=backend.value,
                                 ray_address=ray_address,
                                 progress=lambda done, _total: bar.update(task, completed=done))
         except InputError as exc:
