@@ -379,14 +379,14 @@ def run_experiment(config: ExperimentConfig, *, progress: ProgressFn | None = No
         parent.log_params(config.flat_params())
         parent.log_text(config.to_yaml(), "config/experiment.yaml")
         point_configs = [config.at_point(point) if point else config for point in points]
-        labels = [_point_label(point) for point in points]
+        point_labels = [_point_label(point) for point in points]
         if backend == "ray" and len(points) > 1:
             from medfraud.distributed import init_ray, map_tasks
 
             # Datasets first, here: points sharing a preset share its folder, which two
             # tasks must not generate at once.
             paths = []
-            for point_config, label in zip(point_configs, labels, strict=True):
+            for point_config, label in zip(point_configs, point_labels, strict=True):
                 paths.append(ensure_dataset(point_config.dataset, point_config.seed,
                                             generate).resolve())
                 bar.step(f"dataset {paths[-1].name} [{label}]")
@@ -395,17 +395,18 @@ def run_experiment(config: ExperimentConfig, *, progress: ProgressFn | None = No
                 _run_point_task,
                 [(point_config, point, label, path, uri, parent.run_id)
                  for point_config, point, label, path
-                 in zip(point_configs, points, labels, paths, strict=True)],
-                on_done=lambda i: bar.step(f"point {labels[i]} done", steps_per_point - 1))
+                 in zip(point_configs, points, point_labels, paths, strict=True)],
+                on_done=lambda i: bar.step(f"point {point_labels[i]} done", steps_per_point - 1))
         else:
             results = []
-            for point_config, point, label in zip(point_configs, points, labels, strict=True):
+            for point_config, point, label in zip(point_configs, points, point_labels,
+                                                  strict=True):
                 path = ensure_dataset(point_config.dataset, point_config.seed, generate)
                 bar.step(f"dataset {path.name}{f' [{label}]' if label else ''}")
                 if len(points) == 1:
-                    parent.set_tags({"dataset.digest": Dataset(path).digest,
-                                     "dataset.path": str(path)})
-                    _log_dataset(parent, Dataset(path))
+                    dataset = Dataset(path)
+                    parent.set_tags({"dataset.digest": dataset.digest, "dataset.path": str(path)})
+                    _log_dataset(parent, dataset)
                 results.append(_run_point(point_config, point, label, bar, path,
                                           parent.run_id, single=len(points) == 1))
         for table, runs in results:
