@@ -184,8 +184,10 @@ def _shard_task(world: World, index: int, first: int, count: int):
     """The unit of work of a Ray task: :func:`_shard_output` of a freshly simulated shard,
     plus the shard's hits (``world.extra[name]["hit"]``, see :mod:`data_synth.typologies`).
 
-    The world arrives read-only (Ray's object store): each ``hit`` array is replaced by a
-    zeroed writable one, and a shard writing anything else of the world fails loudly.
+    The world's numpy arrays arrive read-only (Ray's object store): each ``hit`` array is
+    replaced by a zeroed writable one, and a shard writing another array fails loudly.  A
+    write to one of the world's Python containers would be lost silently instead; the
+    test that compares local and Ray digests guards against that.
     """
     extra = {name: ({**state, "hit": np.zeros_like(state["hit"])}
                     if isinstance(state, dict) and "hit" in state else state)
