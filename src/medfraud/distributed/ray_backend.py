@@ -1,8 +1,11 @@
-"""Ray tasks for independent units of work (an experiment's sweep points).
+"""Ray tasks for independent units of work: an experiment's sweep points, the generator's
+shards, a scoring batch's chunks.
 
-A thin layer over Ray's own API: connect or start a cluster, run a function over a list of
-argument tuples as tasks, report each completion, and re-raise a task's failure as the
-exception the task raised (so callers handle a worker's ``DataError`` like a local one).
+A thin layer over Ray's own API: connect or start a cluster, run a function over argument
+tuples as tasks (all at once, reporting each completion: :func:`map_tasks`; or streamed in
+order with a bounded number in flight: :func:`imap_tasks`), and re-raise a task's failure
+as the exception the task raised (so callers handle a worker's ``DataError`` like a local
+one).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 BACKENDS = ("local", "ray")
 
@@ -42,7 +45,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
 
 
-def _raise_cause(ray, exc, pending) -> None:
+def _raise_cause(ray, exc, pending) -> NoReturn:
+    """Cancel the ``pending`` tasks and raise the failed task's own exception."""
     for ref in pending:
         ray.cancel(ref, force=True)
     raise exc.as_instanceof_cause() from None
