@@ -85,10 +85,9 @@ def generate(config: SynthConfig, out: str | Path, *, overwrite: bool = False,
     ------
     FileExistsError if ``out`` is non-empty and ``overwrite`` is False.
     """
-    from medfraud.distributed import BACKENDS
+    from medfraud.distributed import check_backend
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     world = plan_world(config)
     layout = shard_layout(config)
     total_steps = len(layout) + 1
@@ -189,13 +188,12 @@ def _shard_task(world: World, index: int, first: int, count: int):
     write to one of the world's Python containers would be lost silently instead; the
     test that compares local and Ray digests guards against that.
     """
-    extra = {name: ({**state, "hit": np.zeros_like(state["hit"])}
-                    if isinstance(state, dict) and "hit" in state else state)
-             for name, state in world.extra.items()}
-    own = dataclasses.replace(world, extra=extra)
-    output = _shard_output(_simulate_shard(own, index, first, count))
-    hits = {name: state["hit"] for name, state in extra.items()
+    hits = {name: np.zeros_like(state["hit"]) for name, state in world.extra.items()
             if isinstance(state, dict) and "hit" in state}
+    extra = {name: ({**state, "hit": hits[name]} if name in hits else state)
+             for name, state in world.extra.items()}
+    output = _shard_output(_simulate_shard(dataclasses.replace(world, extra=extra), index,
+                                           first, count))
     return output, hits
 
 

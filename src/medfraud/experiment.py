@@ -359,10 +359,9 @@ def run_experiment(config: ExperimentConfig, *, progress: ProgressFn | None = No
     -------
     ExperimentResult with the metrics table and the MLflow run ids.
     """
-    from medfraud.distributed import BACKENDS
+    from medfraud.distributed import check_backend
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     points = config.sweep_points()
     if config.dataset.preset is None and not (Path(config.dataset.path) / "manifest.json").is_file():
         # Fail before any MLflow run exists: nothing could be generated anyway.

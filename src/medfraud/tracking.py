@@ -223,14 +223,15 @@ def start_run(name: str, *, experiment: str | None = None, uri: str | None = Non
         The parent must still be running; when a run is active, it must be that one.
     tags : tags set at creation.
     """
-    if parent is not None:
+    active = mlflow.active_run()
+    if parent is not None and (active is None or active.info.run_id != parent):
+        # The parent runs in another process: read its experiment from the store.
         experiment_id = MlflowClient().get_run(parent).info.experiment_id
-    elif not nested:
+    elif not nested and parent is None:
         if experiment is None:
             raise ValueError("a top-level run needs an experiment name")
         experiment_id = ensure_experiment(experiment, uri)
     else:
-        active = mlflow.active_run()
         if active is None:
             raise RuntimeError(f"nested run {name!r} needs an active parent run")
         experiment_id = active.info.experiment_id

@@ -9,6 +9,12 @@ Ray tasks (see :func:`medfraud.serve.batch.score_file`).  Each gives the output 
 gives.  Ray is imported only when a Ray backend is asked for.
 """
 
-from medfraud.distributed.ray_backend import BACKENDS, imap_tasks, init_ray, map_tasks
+from medfraud.distributed.ray_backend import (
+    BACKENDS,
+    check_backend,
+    imap_tasks,
+    init_ray,
+    map_tasks,
+)
 
-__all__ = ["BACKENDS", "imap_tasks", "init_ray", "map_tasks"]
+__all__ = ["BACKENDS", "check_backend", "imap_tasks", "init_ray", "map_tasks"]

@@ -18,6 +18,12 @@ from typing import Any, NoReturn
 BACKENDS = ("local", "ray")
 
 
+def check_backend(backend: str) -> None:
+    """Raise ValueError unless ``backend`` is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def _ray():
     try:
         import ray

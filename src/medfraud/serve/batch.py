@@ -260,11 +260,10 @@ def score_file(pipeline, input_path: str | Path, output_path: str | Path, *, chu
     """
     import time
 
-    from medfraud.distributed import BACKENDS
+    from medfraud.distributed import check_backend
 
     start = time.perf_counter()
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise FileNotFoundError(f"input file {input_path} does not exist")
